@@ -1,0 +1,103 @@
+//! kirq-hub: the Kirq hub. Parses arguments and hands over to the library.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Gathers entropy from its sources, health-tests and mixes it, signs each packet with Falcon-512
+/// and delivers it to kirqd daemons over mutual TLS.
+#[derive(Parser, Debug)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the hub from a config file.
+    Run {
+        /// Path to the hub's TOML config.
+        #[arg(long, short, default_value = "/etc/kirq/kirq-hub.toml")]
+        config: PathBuf,
+    },
+    /// Write a new Falcon-512 signing key pair: DIR/NAME.key (mode 0600) and DIR/NAME.pub.
+    ///
+    /// Give NAME.pub to every daemon (trust.hub_keys); keep NAME.key on the hub. Existing files
+    /// are never overwritten.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "hub")]
+        name: String,
+    },
+    /// Write a development PKI: hub-ca.pem, daemon-ca.pem and a certificate and key per name.
+    ///
+    /// For tests and trials. In production, issue certificates from your own CA.
+    Pki {
+        #[arg(long)]
+        out: PathBuf,
+        /// Hub names (certificate DNS names); repeat for several.
+        #[arg(long = "hub", required = true)]
+        hubs: Vec<String>,
+        /// Daemon ids (certificate DNS names); repeat for several.
+        #[arg(long = "daemon", required = true)]
+        daemons: Vec<String>,
+    },
+    /// Check a config file and the files it names, then exit.
+    CheckConfig {
+        #[arg(long, short, default_value = "/etc/kirq/kirq-hub.toml")]
+        config: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    kirq::util::init_logging(&cli.log);
+    let result = match cli.cmd {
+        Cmd::Run { config } => kirq::hub::run(&config).await,
+        Cmd::Keygen { out, name } => keygen(&out, &name),
+        Cmd::Pki { out, hubs, daemons } => {
+            let hubs: Vec<&str> = hubs.iter().map(String::as_str).collect();
+            let daemons: Vec<&str> = daemons.iter().map(String::as_str).collect();
+            kirq::pki::write_dev_pki(&out, &hubs, &daemons)
+                .map(|()| println!("wrote development PKI to {}", out.display()))
+                .map_err(Into::into)
+        }
+        Cmd::CheckConfig { config } => kirq::config::HubConfig::load(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| {
+                kirq::crypto::falcon::SigningKey::load(&c.signing_key)?;
+                println!(
+                    "{}: ok (hub {}, {} sources)",
+                    config.display(),
+                    c.id,
+                    c.sources.len()
+                );
+                Ok(())
+            }),
+    };
+    kirq::util::exit_with(result)
+}
+
+fn keygen(out: &std::path::Path, name: &str) -> anyhow::Result<()> {
+    if !kirq::wire::is_valid_id(name) {
+        anyhow::bail!("--name must be 1-64 characters from [A-Za-z0-9._-]");
+    }
+    let key = kirq::crypto::falcon::SigningKey::generate();
+    let (k, p) = key.write_pair(out, name)?;
+    println!(
+        "secret key: {} (mode 0600; keep it on the hub)",
+        k.display()
+    );
+    println!(
+        "public key: {} (key id {}; list it in each daemon's trust.hub_keys)",
+        p.display(),
+        key.verifying_key().id()
+    );
+    Ok(())
+}

@@ -1,0 +1,256 @@
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use super::{ConfigError, check_https, check_id, invalid, read_toml, resolve};
+use crate::wire::MAX_PACKET_BYTES;
+
+/// kirqd's configuration file.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// This daemon's recipient id: hubs address packets to it.
+    pub id: String,
+    pub trust: TrustConfig,
+    pub receive: ReceiveConfig,
+    /// Hubs to pull refills from, in order of preference.
+    #[serde(default)]
+    pub hubs: Vec<HubEndpoint>,
+    #[serde(default)]
+    pub pool: PoolConfig,
+    #[serde(default)]
+    pub fallback: FallbackConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// Falcon-512 public key files of trusted hubs (list old and new to rotate).
+    pub hub_keys: Vec<PathBuf>,
+    #[serde(default)]
+    pub require_proof: bool,
+    #[serde(default = "d_skew")]
+    pub max_clock_skew_ms: u64,
+    #[serde(default = "d_replay")]
+    pub replay_cache_entries: usize,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveConfig {
+    /// Mutual-TLS listener for `POST /api/rng/receive`.
+    pub listen: SocketAddr,
+    /// This daemon's certificate chain (PEM); also its client certificate when pulling.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA that issues hub certificates (checks hub clients and hub servers).
+    pub hub_ca: PathBuf,
+    #[serde(default)]
+    pub pq_only: bool,
+    #[serde(default = "d_body")]
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubEndpoint {
+    /// Base URL of the hub's pull listener, e.g. `https://hub.example:8444`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    pub capacity_bytes: usize,
+    /// Below this many bytes the daemon asks a hub for a refill.
+    pub low_watermark_bytes: usize,
+    /// How many bytes one refill asks for.
+    pub refill_bytes: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            capacity_bytes: crate::pool::DEFAULT_CAPACITY,
+            low_watermark_bytes: crate::pool::DEFAULT_LOW_WATERMARK,
+            refill_bytes: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FallbackConfig {
+    pub enabled: bool,
+    /// Seconds without a hub answer or delivery before falling back to local entropy.
+    pub after_secs: u64,
+    /// Local bytes kept in the pool while the fallback is active.
+    pub fill_bytes: usize,
+}
+
+impl Default for FallbackConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            after_secs: 30,
+            fill_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the local HTTP shim (consumers of entropy).
+    pub listen: Option<SocketAddr>,
+    /// Client networks allowed to call the shim.
+    pub allow: Vec<ipnet::IpNet>,
+    /// Requests per second per client address (token bucket).
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    /// Largest request body accepted, in bytes.
+    pub max_request_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            allow: vec![
+                "127.0.0.0/8".parse().expect("literal"),
+                "::1/128".parse().expect("literal"),
+            ],
+            rate_limit_per_second: 100_000,
+            rate_limit_burst: 200_000,
+            max_request_bytes: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// False-positive rate of the health tests is 2^-alpha_exponent.
+    pub alpha_exponent: u32,
+    /// Seconds a source stays quarantined after a health-test failure.
+    pub quarantine_secs: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            alpha_exponent: crate::health::DEFAULT_ALPHA_EXP,
+            quarantine_secs: 30,
+        }
+    }
+}
+
+fn d_skew() -> u64 {
+    crate::verify::DEFAULT_MAX_SKEW_MS
+}
+fn d_replay() -> usize {
+    crate::verify::DEFAULT_REPLAY_CAPACITY
+}
+fn d_body() -> usize {
+    MAX_PACKET_BYTES
+}
+
+impl DaemonConfig {
+    /// Reads, resolves relative paths and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let mut c: Self = read_toml(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for k in &mut c.trust.hub_keys {
+            resolve(base, k);
+        }
+        resolve(base, &mut c.receive.cert);
+        resolve(base, &mut c.receive.key);
+        resolve(base, &mut c.receive.hub_ca);
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_id("id", &self.id)?;
+        if self.trust.hub_keys.is_empty() {
+            return Err(invalid(
+                "trust.hub_keys",
+                "list at least one hub public key file",
+            ));
+        }
+        if !(1_000..=60_000).contains(&self.trust.max_clock_skew_ms) {
+            return Err(invalid("trust.max_clock_skew_ms", "must be 1000..=60000"));
+        }
+        if self.trust.replay_cache_entries < 1024 {
+            return Err(invalid(
+                "trust.replay_cache_entries",
+                "must be at least 1024",
+            ));
+        }
+        if !(1024..=MAX_PACKET_BYTES).contains(&self.receive.max_body_bytes) {
+            return Err(invalid(
+                "receive.max_body_bytes",
+                format!("must be 1024..={MAX_PACKET_BYTES}"),
+            ));
+        }
+        for h in &self.hubs {
+            check_https("hubs.url", &h.url)?;
+        }
+        let p = &self.pool;
+        if !(64 * 1024..=1 << 30).contains(&p.capacity_bytes) {
+            return Err(invalid("pool.capacity_bytes", "must be 64 KiB..=1 GiB"));
+        }
+        if p.low_watermark_bytes >= p.capacity_bytes {
+            return Err(invalid(
+                "pool.low_watermark_bytes",
+                "must be below pool.capacity_bytes",
+            ));
+        }
+        if p.refill_bytes == 0 || p.refill_bytes > p.capacity_bytes {
+            return Err(invalid(
+                "pool.refill_bytes",
+                "must be 1..=pool.capacity_bytes",
+            ));
+        }
+        let f = &self.fallback;
+        if f.after_secs == 0 || f.after_secs > 3600 {
+            return Err(invalid("fallback.after_secs", "must be 1..=3600"));
+        }
+        if f.fill_bytes == 0 || f.fill_bytes > p.capacity_bytes {
+            return Err(invalid(
+                "fallback.fill_bytes",
+                "must be 1..=pool.capacity_bytes",
+            ));
+        }
+        let h = &self.http;
+        if h.allow.is_empty() && h.listen.is_some() {
+            return Err(invalid(
+                "http.allow",
+                "empty: no client could call the HTTP shim",
+            ));
+        }
+        if h.rate_limit_per_second == 0 || h.rate_limit_burst == 0 {
+            return Err(invalid(
+                "http.rate_limit_per_second",
+                "rate and burst must be positive",
+            ));
+        }
+        if !(256..=1 << 20).contains(&h.max_request_bytes) {
+            return Err(invalid("http.max_request_bytes", "must be 256..=1048576"));
+        }
+        check_health(&self.health)
+    }
+}
+
+pub(crate) fn check_health(h: &HealthConfig) -> Result<(), ConfigError> {
+    if !(10..=60).contains(&h.alpha_exponent) {
+        return Err(invalid("health.alpha_exponent", "must be 10..=60"));
+    }
+    if h.quarantine_secs > 86_400 {
+        return Err(invalid("health.quarantine_secs", "must be at most 86400"));
+    }
+    Ok(())
+}

@@ -1,0 +1,329 @@
+//! The daemon's shared state and its two background tasks (refill, fallback).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::DaemonConfig;
+use crate::crypto::falcon::VerifyingKey;
+use crate::health::SourceHealth;
+use crate::metrics::DaemonMetrics;
+use crate::pool::{Pool, PoolError};
+use crate::secret::Hardening;
+use crate::util::now_ms;
+use crate::verify::{Policy, Reject, Verifier};
+
+/// One hub as the daemon sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HubStatus {
+    pub url: String,
+    pub reachable: bool,
+    #[serde(skip)]
+    pub last_answer: Option<Instant>,
+    pub last_error: Option<String>,
+}
+
+/// Why a received packet was not admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    #[error(transparent)]
+    Rejected(#[from] Reject),
+    #[error(transparent)]
+    Pool(PoolError),
+}
+
+impl ReceiveError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Rejected(r) => r.reason(),
+            Self::Pool(_) => "pool_full",
+        }
+    }
+}
+
+/// The daemon's shared state.
+pub struct Daemon {
+    pub cfg: DaemonConfig,
+    pub pool: Pool,
+    pub verifier: Verifier,
+    pub metrics: Arc<DaemonMetrics>,
+    pub hardening: Hardening,
+    pub started: Instant,
+    hubs: Mutex<Vec<HubStatus>>,
+    /// Last time any hub answered a pull or delivered a verified packet.
+    last_contact: Mutex<Instant>,
+    last_packet: Mutex<Option<Instant>>,
+    fallback_active: AtomicBool,
+    local_health: Mutex<SourceHealth>,
+    /// Health-test record of packets per hub key id.
+    hub_quality: Mutex<HashMap<String, SourceHealth>>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("id", &self.cfg.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Daemon {
+    pub fn new(cfg: DaemonConfig, keys: Vec<VerifyingKey>, hardening: Hardening) -> Self {
+        let policy = Policy {
+            recipient: cfg.id.clone(),
+            max_skew_ms: cfg.trust.max_clock_skew_ms,
+            require_proof: cfg.trust.require_proof,
+            replay_capacity: cfg.trust.replay_cache_entries,
+            alpha_exp: cfg.health.alpha_exponent,
+        };
+        let quarantine = Duration::from_secs(cfg.health.quarantine_secs);
+        Self {
+            pool: Pool::new(cfg.pool.capacity_bytes, cfg.pool.low_watermark_bytes),
+            verifier: Verifier::new(policy, keys),
+            metrics: Arc::new(DaemonMetrics::new()),
+            hardening,
+            started: Instant::now(),
+            hubs: Mutex::new(
+                cfg.hubs
+                    .iter()
+                    .map(|h| HubStatus {
+                        url: h.url.clone(),
+                        reachable: false,
+                        last_answer: None,
+                        last_error: None,
+                    })
+                    .collect(),
+            ),
+            last_contact: Mutex::new(Instant::now()),
+            last_packet: Mutex::new(None),
+            fallback_active: AtomicBool::new(false),
+            local_health: Mutex::new(SourceHealth::new(
+                cfg.health.alpha_exponent,
+                8.0,
+                quarantine,
+            )),
+            hub_quality: Mutex::new(HashMap::new()),
+            cfg,
+        }
+    }
+
+    /// Verifies one encoded packet and admits its entropy. Every outcome is counted.
+    pub fn receive(&self, bytes: &[u8]) -> Result<([u8; 16], usize), ReceiveError> {
+        let verified = match self.verifier.verify(bytes, now_ms()) {
+            Ok(v) => v,
+            Err(r) => {
+                self.metrics.reject(r.reason());
+                tracing::info!(reason = r.reason(), error = %r, "packet rejected");
+                return Err(r.into());
+            }
+        };
+        let key = format!("hub:{}", verified.key_id());
+        let nonce = verified.nonce();
+        let class = verified.class();
+        {
+            let mut q = lock(&self.hub_quality);
+            let h = q.entry(key.clone()).or_insert_with(|| {
+                SourceHealth::new(self.cfg.health.alpha_exponent, 8.0, Duration::ZERO)
+            });
+            // The verifier already ran the health tests on these bytes; record the pass.
+            h.record_pass();
+            self.metrics.observe_quality(&key, h.quality());
+        }
+        self.touch_hub();
+        match self.pool.admit(verified) {
+            Ok(n) => {
+                self.metrics.packets_accepted.inc();
+                self.metrics.admitted(class, n);
+                *lock(&self.last_packet) = Some(Instant::now());
+                tracing::debug!(bytes = n, provenance = class.as_str(), "packet admitted");
+                Ok((nonce, n))
+            }
+            Err(e) => {
+                self.metrics.reject("pool_full");
+                tracing::debug!(error = %e, "packet verified but pool is full");
+                Err(ReceiveError::Pool(e))
+            }
+        }
+    }
+
+    fn touch_hub(&self) {
+        *lock(&self.last_contact) = Instant::now();
+    }
+
+    pub fn fallback_active(&self) -> bool {
+        self.fallback_active.load(Ordering::Relaxed)
+    }
+
+    pub fn last_packet_age(&self) -> Option<Duration> {
+        lock(&self.last_packet).map(|t| t.elapsed())
+    }
+
+    pub fn hubs(&self) -> Vec<HubStatus> {
+        lock(&self.hubs).clone()
+    }
+
+    /// Quality per source: each hub key's packets, and the local fallback.
+    pub fn source_quality(&self) -> Vec<(String, f64, crate::health::Status)> {
+        let mut out: Vec<_> = lock(&self.hub_quality)
+            .iter()
+            .map(|(k, h)| (k.clone(), h.quality(), h.status()))
+            .collect();
+        let local = lock(&self.local_health);
+        if self.fallback_active() || local.quality() > 0.0 {
+            out.push(("local".into(), local.quality(), local.status()));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    fn set_hub(&self, i: usize, result: Result<(), String>) {
+        let mut hubs = lock(&self.hubs);
+        let h = &mut hubs[i];
+        match result {
+            Ok(()) => {
+                h.reachable = true;
+                h.last_answer = Some(Instant::now());
+                h.last_error = None;
+            }
+            Err(e) => {
+                h.reachable = false;
+                h.last_error = Some(e);
+            }
+        }
+    }
+
+    /// Asks hub `i` for `bytes` of packets (0 = a reachability probe); admits what verifies.
+    async fn pull(
+        &self,
+        client: &reqwest::Client,
+        i: usize,
+        bytes: usize,
+    ) -> Result<usize, String> {
+        let base = lock(&self.hubs)[i].url.clone();
+        let url = format!("{}/api/hub/refill", base.trim_end_matches('/'));
+        let resp = client
+            .post(&url)
+            .header("X-Quantum-Transport", "v1")
+            .json(&serde_json::json!({ "recipient": self.cfg.id, "bytes": bytes }))
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(format!("hub answered {status}"));
+        }
+        // Bounded read: at most MAX_PACKETS_PER_PULL packets of the largest size.
+        let limit = crate::hub::MAX_PACKETS_PER_PULL * (crate::wire::MAX_PACKET_BYTES + 4);
+        if resp.content_length().is_some_and(|l| l as usize > limit) {
+            return Err("refill answer too large".into());
+        }
+        let body = zeroize::Zeroizing::new(
+            resp.bytes()
+                .await
+                .map_err(|e| format!("reading refill: {e}"))?
+                .to_vec(),
+        );
+        self.touch_hub();
+        let mut rest: &[u8] = &body;
+        let mut admitted = 0;
+        while !rest.is_empty() {
+            if rest.len() < 4 {
+                return Err("refill answer truncated".into());
+            }
+            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            if len > rest.len() - 4 {
+                return Err("refill answer truncated".into());
+            }
+            if let Ok((_, n)) = self.receive(&rest[4..4 + len]) {
+                admitted += n;
+            }
+            rest = &rest[4 + len..];
+        }
+        Ok(admitted)
+    }
+}
+
+/// Pulls from the hubs (in order) when the pool is low, and probes them when no hub has been heard
+/// from for a third of the fallback delay.
+pub(super) async fn refill_task(d: Arc<Daemon>, client: reqwest::Client) {
+    if d.cfg.hubs.is_empty() {
+        return;
+    }
+    let probe_after = Duration::from_secs(d.cfg.fallback.after_secs).div_f64(3.0);
+    loop {
+        tokio::select! {
+            _ = d.pool.refill_needed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let low = d.pool.below_low_watermark();
+        let quiet = lock(&d.last_contact).elapsed() >= probe_after;
+        if !low && !quiet {
+            continue;
+        }
+        let want = if low {
+            d.cfg.pool.refill_bytes.min(d.pool.free())
+        } else {
+            0
+        };
+        for i in 0..d.cfg.hubs.len() {
+            match d.pull(&client, i, want).await {
+                Ok(n) => {
+                    d.set_hub(i, Ok(()));
+                    tracing::debug!(hub = i, admitted = n, "refill done");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(hub = %d.cfg.hubs[i].url, error = %e, "refill from hub failed");
+                    d.set_hub(i, Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// Enters the fallback after `fallback.after_secs` without any hub, keeps `fallback.fill_bytes`
+/// of local entropy in the pool while it lasts, and leaves it as soon as a hub is heard from.
+pub(super) async fn fallback_task(d: Arc<Daemon>) {
+    let after = Duration::from_secs(d.cfg.fallback.after_secs);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let silent = lock(&d.last_contact).elapsed();
+        if let Some(age) = d.last_packet_age() {
+            d.metrics.hub_last_packet_age.set(age.as_secs_f64());
+        }
+        let stale = silent >= after;
+        if stale && d.cfg.fallback.enabled && !d.fallback_active() {
+            d.fallback_active.store(true, Ordering::Relaxed);
+            d.metrics.fallback_active.set(1);
+            tracing::error!(
+                silent_secs = silent.as_secs(),
+                "ALERT: no hub has answered; serving local fallback entropy (marked `local`)"
+            );
+        } else if !stale && d.fallback_active() {
+            d.fallback_active.store(false, Ordering::Relaxed);
+            d.metrics.fallback_active.set(0);
+            tracing::warn!("a hub answered again; fallback ended");
+        }
+        if d.fallback_active() {
+            let have = d.pool.len();
+            let target = d.cfg.fallback.fill_bytes;
+            if have < target {
+                let mut h = lock(&d.local_health);
+                match d.pool.fill_local(target - have, &mut h) {
+                    Ok(n) if n > 0 => {
+                        d.metrics.admitted(crate::pool::Provenance::Local, n);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "local fallback failed health tests"),
+                }
+                d.metrics.observe_quality("local", h.quality());
+            }
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The HTTP faces of kirqd.
+//!
+//! [`app`] is the local shim for consumers (TAO Signal endpoints): `POST /api/rng/random`,
+//! `GET /api/rng/health`, `GET /api/rng/stats`, `GET /metrics`. It binds to loopback by default
+//! and every request passes an allowlist and a per-address token bucket first. [`receive_router`]
+//! serves `POST /api/rng/receive` and is mounted only on the mutual-TLS listener; the shim answers
+//! that path with 403 so a misdirected hub learns why.
+//!
+//! Errors follow one shape: `{"error": "..."}` naming the bad field, with the status code that
+//! fits; packet rejections add `"reason"` (the same label as in stats and metrics).
+
+mod limit;
+mod rng;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::daemon::Daemon;
+
+/// An API error: status plus a message for the client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub reason: Option<&'static str>,
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            reason: None,
+            retry_after: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::json!({ "error": self.message });
+        if let Some(r) = self.reason {
+            body["reason"] = r.into();
+        }
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        resp
+    }
+}
+
+/// The consumer-facing shim.
+pub fn app(d: Arc<Daemon>) -> Router {
+    let limiter = Arc::new(limit::Limiter::new(&d.cfg.http));
+    Router::new()
+        .route("/api/rng/random", post(rng::random))
+        .route("/api/rng/health", get(rng::health))
+        .route("/api/rng/stats", get(rng::stats))
+        .route("/metrics", get(rng::metrics))
+        .route("/api/rng/receive", post(rng::receive_on_plain))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            (d.clone(), limiter),
+            limit::guard,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            d.cfg.http.max_request_bytes,
+        ))
+        .with_state(d)
+}
+
+/// `POST /api/rng/receive`, for the mutual-TLS listener only.
+pub fn receive_router(d: Arc<Daemon>) -> Router {
+    let limit = d.cfg.receive.max_body_bytes;
+    Router::new()
+        .route("/api/rng/receive", post(rng::receive))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(d)
+}
+
+async fn not_found() -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: "no such endpoint".into(),
+        reason: None,
+        retry_after: None,
+    }
+}

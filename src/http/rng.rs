@@ -1,0 +1,346 @@
+//! Handlers for the `/api/rng/*` endpoints and `/metrics`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use zeroize::Zeroizing;
+
+use super::ApiError;
+use crate::daemon::Daemon;
+use crate::pool::{Consumer, PoolError, Provenance, Want};
+use crate::verify::Reject;
+
+pub const MAX_RANDOM_BYTES: u64 = 65_536;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Hex,
+    Base64,
+}
+
+struct RandomRequest {
+    num_bytes: usize,
+    encoding: Encoding,
+    want: Want,
+}
+
+fn parse_random(body: &[u8]) -> Result<RandomRequest, ApiError> {
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("body must be a JSON object"))?;
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !matches!(k.as_str(), "num_bytes" | "encoding" | "source"))
+    {
+        return Err(ApiError::bad_request(format!(
+            "unknown field `{k}`; expected num_bytes, encoding, source"
+        )));
+    }
+    let num_bytes = match obj.get("num_bytes") {
+        None => return Err(ApiError::bad_request("field `num_bytes` is required")),
+        Some(n) => match n.as_u64() {
+            Some(n) if (1..=MAX_RANDOM_BYTES).contains(&n) => n as usize,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "field `num_bytes` must be an integer 1..={MAX_RANDOM_BYTES}"
+                )));
+            }
+        },
+    };
+    let encoding = match obj.get("encoding").map(|e| e.as_str()) {
+        None | Some(Some("hex")) => Encoding::Hex,
+        Some(Some("base64")) => Encoding::Base64,
+        _ => {
+            return Err(ApiError::bad_request(
+                "field `encoding` must be \"hex\" or \"base64\"",
+            ));
+        }
+    };
+    let want = match obj.get("source").map(|e| e.as_str()) {
+        None | Some(Some("any")) => Want::Any,
+        Some(Some(s)) => match Provenance::ALL.iter().find(|p| p.as_str() == s) {
+            Some(p) => Want::Only(*p),
+            None => return Err(bad_source()),
+        },
+        Some(None) => return Err(bad_source()),
+    };
+    Ok(RandomRequest {
+        num_bytes,
+        encoding,
+        want,
+    })
+}
+
+fn bad_source() -> ApiError {
+    ApiError::bad_request(
+        "field `source` must be one of any, hybrid, qrng, hsm, decentralized, local",
+    )
+}
+
+/// `POST /api/rng/random`.
+pub async fn random(State(d): State<Arc<Daemon>>, body: Bytes) -> Response {
+    let req = match parse_random(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            d.metrics.request(Consumer::Http.as_str(), "bad_request");
+            d.metrics.http_reject("bad_request");
+            return e.into_response();
+        }
+    };
+    let taken = match d.pool.take(req.num_bytes, req.want) {
+        Ok(t) => t,
+        Err(PoolError::Insufficient { available, wanted }) => {
+            d.metrics.request(Consumer::Http.as_str(), "insufficient");
+            return ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: format!(
+                    "entropy pool cannot serve {wanted} bytes ({available} available); refill requested"
+                ),
+                reason: Some("pool_depleted"),
+                retry_after: Some(1),
+            }
+            .into_response();
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "unexpected pool error");
+            return ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message: "internal error".into(),
+                reason: None,
+                retry_after: None,
+            }
+            .into_response();
+        }
+    };
+    d.metrics.request(Consumer::Http.as_str(), "ok");
+    d.metrics.served(Consumer::Http.as_str(), taken.bytes.len());
+    let data = Zeroizing::new(match req.encoding {
+        Encoding::Hex => hex::encode(taken.bytes.expose()),
+        Encoding::Base64 => base64::engine::general_purpose::STANDARD.encode(taken.bytes.expose()),
+    });
+    let source = taken
+        .single_provenance()
+        .map_or("mixed", Provenance::as_str);
+    let provenance: BTreeMap<&str, usize> = Provenance::ALL
+        .iter()
+        .filter_map(|p| {
+            let n = taken.by_provenance[*p as usize];
+            (n > 0).then_some((p.as_str(), n))
+        })
+        .collect();
+    let meta = serde_json::json!({
+        "num_bytes": req.num_bytes,
+        "encoding": if req.encoding == Encoding::Hex { "hex" } else { "base64" },
+        "source": source,
+        "provenance": provenance,
+        "consumed": true,
+        "timestamp": crate::util::rfc3339_now(),
+    });
+    // Splice the secret in by hand so no serde_json::Value ever holds it.
+    let meta = meta.to_string();
+    let mut body = Zeroizing::new(String::with_capacity(meta.len() + data.len() + 20));
+    body.push_str("{\"random_data\":\"");
+    body.push_str(&data);
+    body.push_str("\",");
+    body.push_str(&meta[1..]);
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(body.as_bytes().to_vec()),
+    )
+        .into_response()
+}
+
+/// `POST /api/rng/receive` on the mutual-TLS listener: one canonical packet as the body.
+pub async fn receive(State(d): State<Arc<Daemon>>, headers: HeaderMap, body: Body) -> Response {
+    if headers
+        .get("x-quantum-transport")
+        .and_then(|v| v.to_str().ok())
+        != Some("v1")
+    {
+        d.metrics.http_reject("bad_transport_header");
+        return ApiError::bad_request("header X-Quantum-Transport: v1 is required").into_response();
+    }
+    let limit = d.cfg.receive.max_body_bytes;
+    let too_large = || {
+        d.metrics.reject("body_too_large");
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("packet body exceeds {limit} bytes"),
+            reason: Some("body_too_large"),
+            retry_after: None,
+        }
+        .into_response()
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return too_large();
+    }
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => return too_large(),
+    };
+    let result = d.receive(&bytes);
+    // The body held entropy: zero our copy if we are its only owner.
+    if let Ok(mut owned) = bytes.try_into_mut() {
+        zeroize::Zeroize::zeroize(&mut owned[..]);
+    }
+    match result {
+        Ok((nonce, n)) => Json(serde_json::json!({
+            "status": "accepted",
+            "id": hex::encode(nonce),
+            "bytes": n,
+        }))
+        .into_response(),
+        Err(e) => {
+            let status = match &e {
+                crate::daemon::ReceiveError::Pool(_) => StatusCode::SERVICE_UNAVAILABLE,
+                crate::daemon::ReceiveError::Rejected(Reject::Decode(
+                    crate::wire::DecodeError::TooLarge { .. },
+                )) => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            ApiError {
+                status,
+                message: e.to_string(),
+                reason: Some(e.reason()),
+                retry_after: (status == StatusCode::SERVICE_UNAVAILABLE).then_some(5),
+            }
+            .into_response()
+        }
+    }
+}
+
+/// `POST /api/rng/receive` on the plain shim: refused, with the reason.
+pub async fn receive_on_plain(State(d): State<Arc<Daemon>>) -> ApiError {
+    d.metrics.http_reject("receive_without_mtls");
+    ApiError {
+        status: StatusCode::FORBIDDEN,
+        message: "packets are accepted only on the mutual-TLS listener (receive.listen)".into(),
+        reason: None,
+        retry_after: None,
+    }
+}
+
+/// `GET /api/rng/health`.
+pub async fn health(State(d): State<Arc<Daemon>>) -> Json<serde_json::Value> {
+    let pool = d.pool.snapshot();
+    let hubs = d.hubs();
+    let fallback = d.fallback_active();
+    let sources = d.source_quality();
+    let low = pool.total_bytes < d.cfg.pool.low_watermark_bytes;
+    let poor = sources.iter().any(|(_, q, _)| *q < 0.9);
+    let status = if pool.total_bytes == 0 && (fallback || !hubs.iter().any(|h| h.reachable)) {
+        "critical"
+    } else if fallback || low || poor {
+        "degraded"
+    } else {
+        "ok"
+    };
+    let hubs: Vec<_> = hubs
+        .iter()
+        .map(|h| {
+            serde_json::json!({
+                "url": h.url,
+                "reachable": h.reachable,
+                "last_answer_age_seconds": h.last_answer.map(|t| t.elapsed().as_secs_f64()),
+                "last_error": h.last_error,
+            })
+        })
+        .collect();
+    let sources: BTreeMap<_, _> = sources
+        .into_iter()
+        .map(|(k, q, s)| (k, serde_json::json!({ "quality": q, "status": s })))
+        .collect();
+    Json(serde_json::json!({
+        "status": status,
+        "daemon_id": d.cfg.id,
+        "pool": pool,
+        "low_watermark_bytes": d.cfg.pool.low_watermark_bytes,
+        "hubs": hubs,
+        "last_packet_age_seconds": d.last_packet_age().map(|a| a.as_secs_f64()),
+        "fallback_active": fallback,
+        "sources": sources,
+        "memory": d.hardening,
+        "uptime_seconds": d.started.elapsed().as_secs(),
+    }))
+}
+
+/// `GET /api/rng/stats`: read back from the metrics counters.
+pub async fn stats(State(d): State<Arc<Daemon>>) -> Json<serde_json::Value> {
+    let m = &d.metrics;
+    let pool = d.pool.snapshot();
+    let admitted: BTreeMap<_, _> = Provenance::ALL
+        .iter()
+        .map(|p| {
+            (
+                p.as_str(),
+                m.admitted_bytes
+                    .get_or_create(&[("provenance", p.as_str().into())])
+                    .get(),
+            )
+        })
+        .collect();
+    let consumers = [Consumer::Http, Consumer::Device, Consumer::Kernel];
+    let served: BTreeMap<_, _> = consumers
+        .iter()
+        .map(|c| {
+            (
+                c.as_str(),
+                m.served_bytes
+                    .get_or_create(&[("consumer", c.as_str().into())])
+                    .get(),
+            )
+        })
+        .collect();
+    let rejected: BTreeMap<_, _> = Reject::REASONS
+        .iter()
+        .map(|r| (*r, m.rejected_count(r)))
+        .collect();
+    let mut requests = BTreeMap::new();
+    for c in consumers {
+        for o in ["ok", "insufficient", "bad_request"] {
+            let n = m
+                .requests
+                .get_or_create(&[("consumer", c.as_str().into()), ("outcome", o.into())])
+                .get();
+            if n > 0 {
+                requests.insert(format!("{}_{o}", c.as_str()), n);
+            }
+        }
+    }
+    Json(serde_json::json!({
+        "bytes_admitted": admitted,
+        "bytes_admitted_total": pool.admitted_bytes_total,
+        "bytes_served": served,
+        "bytes_served_total": pool.served_bytes_total,
+        "packets_accepted": m.packets_accepted.get(),
+        "packets_rejected": rejected,
+        "requests": requests,
+        "replay_cache_entries": d.verifier.replay_cache_len(),
+        "tls_handshake_failures": m.tls_handshake_failures.get(),
+    }))
+}
+
+/// `GET /metrics`: Prometheus/OpenMetrics text.
+pub async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
+    d.metrics.set_pool(&d.pool.snapshot());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        d.metrics.encode(),
+    )
+        .into_response()
+}

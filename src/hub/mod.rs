@@ -1,0 +1,29 @@
+//! kirq-hub: draws from its sources, health-tests each, mixes, signs and delivers packets.
+//!
+//! Packets are addressed: each is built for one daemon id and never reused. Delivery is push (one
+//! task per daemon with a URL, every `push_interval_ms`) and pull (daemons call
+//! `POST /api/hub/refill` on the mutual-TLS listener when their pool runs low; the recipient named
+//! in the request must be a registered daemon whose client certificate carries that id).
+
+mod build;
+mod serve;
+
+pub use build::{BuildError, PacketFactory};
+pub use serve::{MAX_PACKETS_PER_PULL, RunningHub, start};
+
+use std::path::Path;
+
+use crate::config::HubConfig;
+use crate::crypto::falcon::SigningKey;
+
+/// Runs the hub from a config file until SIGINT/SIGTERM.
+pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    let cfg = HubConfig::load(config_path)?;
+    let key = SigningKey::load(&cfg.signing_key)?;
+    let hub = start(cfg, key).await?;
+    tracing::info!(pull = %hub.pull_addr, "kirq-hub running; Ctrl-C to stop");
+    crate::daemon::shutdown_signal().await;
+    tracing::info!("kirq-hub stopping");
+    hub.stop();
+    Ok(())
+}

@@ -1,0 +1,310 @@
+//! The hub's running parts: the pull listener (mutual TLS), push tasks, and the metrics listener.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+
+use super::build::PacketFactory;
+use crate::config::{HubConfig, SourceConfig};
+use crate::crypto::falcon::SigningKey;
+use crate::metrics::HubMetrics;
+use crate::sources::{Source, local::LocalSource};
+use crate::tls::{self, Identity, PeerCert};
+
+/// Most packets one refill answer carries.
+pub const MAX_PACKETS_PER_PULL: usize = 256;
+/// Largest refill request body.
+const MAX_PULL_BODY: usize = 1024;
+
+struct HubState {
+    id: String,
+    factory: PacketFactory,
+    metrics: Arc<HubMetrics>,
+    packet_bytes: usize,
+    /// Registered daemons: id → push URL (if any).
+    daemons: HashMap<String, Option<String>>,
+}
+
+/// A started hub. Dropping it does not stop it; call [`RunningHub::stop`].
+#[derive(Debug)]
+pub struct RunningHub {
+    pub pull_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub metrics: Arc<HubMetrics>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningHub {
+    pub fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn make_source(c: &SourceConfig) -> Box<dyn Source> {
+    match c {
+        SourceConfig::Local { id } => Box::new(LocalSource::new(id.clone())),
+    }
+}
+
+/// Starts every part of the hub and returns once its listeners are bound.
+pub async fn start(cfg: HubConfig, key: SigningKey) -> anyhow::Result<RunningHub> {
+    let identity = Identity::load(&cfg.tls.cert, &cfg.tls.key)?;
+    let daemon_ca = tls::load_certs(&cfg.tls.daemon_ca)?;
+    let server_cfg = tls::server_config(&identity, &daemon_ca, cfg.tls.pq_only)?;
+    let client = tls::https_client(
+        tls::client_config(&identity, &daemon_ca, cfg.tls.pq_only)?,
+        Duration::from_secs(10),
+    );
+    let metrics = Arc::new(HubMetrics::new());
+    let sources = cfg.sources.iter().map(make_source).collect();
+    let factory = PacketFactory::new(
+        key,
+        sources,
+        cfg.health.alpha_exponent,
+        Duration::from_secs(cfg.health.quarantine_secs),
+        cfg.packet_lifetime_ms,
+    );
+    tracing::info!(
+        hub = %cfg.id,
+        key_id = %factory.key().verifying_key().id(),
+        sources = cfg.sources.len(),
+        "hub signing key loaded"
+    );
+    let state = Arc::new(HubState {
+        id: cfg.id.clone(),
+        factory,
+        metrics: metrics.clone(),
+        packet_bytes: cfg.packet_bytes,
+        daemons: cfg
+            .daemons
+            .iter()
+            .map(|d| (d.id.clone(), d.url.clone()))
+            .collect(),
+    });
+    let mut tasks = Vec::new();
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+    let pull_addr = listener.local_addr()?;
+    let pull_router = Router::new()
+        .route("/api/hub/refill", post(refill))
+        .with_state(state.clone());
+    tasks.push(tokio::spawn(tls::serve_mtls(
+        listener,
+        server_cfg,
+        pull_router,
+        metrics.clone(),
+    )));
+
+    let metrics_addr = match cfg.metrics_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr).await?;
+            let a = l.local_addr()?;
+            let r = Router::new()
+                .route("/metrics", get(hub_metrics))
+                .route("/health", get(hub_health))
+                .with_state(state.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, r).await {
+                    tracing::error!(error = %e, "hub metrics listener failed");
+                }
+            }));
+            Some(a)
+        }
+        None => None,
+    };
+
+    if cfg.push_interval_ms > 0 {
+        for d in &cfg.daemons {
+            if let Some(url) = &d.url {
+                tasks.push(tokio::spawn(push_loop(
+                    state.clone(),
+                    client.clone(),
+                    d.id.clone(),
+                    url.clone(),
+                    Duration::from_millis(cfg.push_interval_ms),
+                )));
+            }
+        }
+    }
+    Ok(RunningHub {
+        pull_addr,
+        metrics_addr,
+        metrics,
+        tasks,
+    })
+}
+
+/// Pushes one packet per interval to one daemon, backing off (up to 30 s) while it fails.
+async fn push_loop(
+    state: Arc<HubState>,
+    client: reqwest::Client,
+    daemon: String,
+    base: String,
+    interval: Duration,
+) {
+    let url = format!("{}/api/rng/receive", base.trim_end_matches('/'));
+    let mut backoff = interval;
+    loop {
+        tokio::time::sleep(backoff).await;
+        let packet = match state
+            .factory
+            .build(&daemon, state.packet_bytes, &state.metrics)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(daemon = %daemon, error = %e, "no packet to push");
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        let res = client
+            .post(&url)
+            .header("X-Quantum-Transport", "v1")
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(packet.to_vec())
+            .send()
+            .await;
+        drop(packet);
+        match res {
+            Ok(r) if r.status().is_success() => {
+                state.metrics.delivery(&daemon, "accepted");
+                backoff = interval;
+            }
+            Ok(r) => {
+                let status = r.status();
+                let reason = r
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned))
+                    .unwrap_or_default();
+                state.metrics.delivery(&daemon, "rejected");
+                if reason != "pool_full" {
+                    tracing::warn!(daemon = %daemon, %status, reason, "daemon refused a packet");
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => {
+                state.metrics.delivery(&daemon, "unreachable");
+                tracing::warn!(daemon = %daemon, error = %e, "push failed");
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefillRequest {
+    recipient: String,
+    bytes: usize,
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
+}
+
+/// `POST /api/hub/refill`: `{"recipient": ID, "bytes": N}` → a stream of `u32 len ‖ packet`.
+async fn refill(
+    State(state): State<Arc<HubState>>,
+    Extension(peer): Extension<PeerCert>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if headers
+        .get("x-quantum-transport")
+        .and_then(|v| v.to_str().ok())
+        != Some("v1")
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "header X-Quantum-Transport: v1 is required",
+        );
+    }
+    if body.len() > MAX_PULL_BODY {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "refill request too large");
+    }
+    let req: RefillRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad refill request: {e}")),
+    };
+    if !state.daemons.contains_key(&req.recipient) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "recipient is not registered with this hub",
+        );
+    }
+    if !tls::cert_names(&peer.0, &req.recipient) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "client certificate does not name the recipient",
+        );
+    }
+    let n = state.packet_bytes;
+    let count = req.bytes.div_ceil(n).clamp(1, MAX_PACKETS_PER_PULL);
+    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(count * (n + 2048)));
+    for _ in 0..count {
+        match state.factory.build(&req.recipient, n, &state.metrics).await {
+            Ok(p) => {
+                out.extend_from_slice(&(p.len() as u32).to_be_bytes());
+                out.extend_from_slice(&p);
+            }
+            Err(e) if out.is_empty() => {
+                return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            }
+            Err(_) => break,
+        }
+    }
+    state.metrics.delivery(&req.recipient, "pulled");
+    (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        out.to_vec(),
+    )
+        .into_response()
+}
+
+async fn hub_metrics(State(state): State<Arc<HubState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn hub_health(State(state): State<Arc<HubState>>) -> Json<serde_json::Value> {
+    let sources: Vec<_> = state
+        .factory
+        .sources()
+        .iter()
+        .map(|s| {
+            let h = s.health.lock().unwrap_or_else(|e| e.into_inner());
+            serde_json::json!({
+                "id": s.source.id(),
+                "kind": s.source.kind().as_str(),
+                "status": h.status(),
+                "quality": h.quality(),
+                "last_failure": h.last_failure(),
+                "last_success": h.last_success().map(crate::util::rfc3339),
+            })
+        })
+        .collect();
+    Json(serde_json::json!({
+        "hub": state.id,
+        "key_id": state.factory.key().verifying_key().id().to_string(),
+        "sources": sources,
+    }))
+}

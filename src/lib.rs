@@ -1,0 +1,30 @@
+//! Kirq: authenticated quantum and hardware randomness for Linux servers.
+//!
+//! Two thin binaries sit on this one library. `kirq-hub` ([`hub`]) draws from entropy sources
+//! ([`sources`]), health-tests each source ([`health`]), mixes ([`mix`]), signs each packet
+//! ([`crypto`]) in the canonical encoding of [`wire`], and delivers it over mutual TLS ([`tls`]).
+//! `kirqd` ([`daemon`]) verifies every packet completely ([`verify`]) before a byte of it enters the
+//! single-use [`pool`], and serves the pool through the HTTP shim ([`http`]).
+//!
+//! The one design rule a reader must know: [`pool::Pool::admit`] takes a
+//! [`verify::VerifiedPacket`], a value only [`verify::Verifier`] can construct, so entropy that
+//! skipped a check cannot reach a consumer.
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod crypto;
+pub mod daemon;
+pub mod demo;
+pub mod health;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod mix;
+pub mod pki;
+pub mod pool;
+pub mod secret;
+pub mod sources;
+pub mod tls;
+pub mod util;
+pub mod verify;
+pub mod wire;

@@ -1,0 +1,362 @@
+//! The single-use entropy pool.
+//!
+//! Bytes enter only through [`Pool::admit`], which takes a [`VerifiedPacket`] that only the
+//! verifier can make, or [`Pool::fill_local`], the daemon's own health-tested fallback. Each byte
+//! leaves exactly once: [`Pool::take`] copies bytes out under one lock and zeroes them in the pool
+//! before the lock is released, so two consumers can never receive the same byte. A request is
+//! served whole or not at all.
+//!
+//! Bytes are kept in one queue per provenance class. A consumer asking for `any` is served from
+//! the best class first (hybrid, decentralized, qrng, hsm, then local), so after a fallback the
+//! daemon returns to hub entropy as soon as a packet arrives.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::health::{HealthFailure, SourceHealth};
+use crate::secret::SecretBytes;
+use crate::verify::VerifiedPacket;
+use crate::wire::SourceKind;
+
+pub const DEFAULT_CAPACITY: usize = 16 << 20;
+pub const DEFAULT_LOW_WATERMARK: usize = 1024;
+
+/// Where the bytes of a packet (or a fallback fill) came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provenance {
+    Hybrid,
+    Decentralized,
+    Qrng,
+    Hsm,
+    Local,
+}
+
+impl Provenance {
+    /// In the order `any` serves them: best first.
+    pub const ALL: [Provenance; 5] = [
+        Self::Hybrid,
+        Self::Decentralized,
+        Self::Qrng,
+        Self::Hsm,
+        Self::Local,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hybrid => "hybrid",
+            Self::Decentralized => "decentralized",
+            Self::Qrng => "qrng",
+            Self::Hsm => "hsm",
+            Self::Local => "local",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The class of a packet mixed from sources of these kinds: their common kind, or hybrid.
+    pub fn of_sources(kinds: impl IntoIterator<Item = SourceKind>) -> Self {
+        let mut kinds = kinds.into_iter();
+        let Some(first) = kinds.next() else {
+            return Self::Local;
+        };
+        if kinds.any(|k| k != first) {
+            return Self::Hybrid;
+        }
+        match first {
+            SourceKind::Qrng => Self::Qrng,
+            SourceKind::Hsm => Self::Hsm,
+            SourceKind::Decentralized => Self::Decentralized,
+            SourceKind::Local => Self::Local,
+        }
+    }
+}
+
+/// Which bytes a consumer will accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    Any,
+    Only(Provenance),
+}
+
+/// Who consumed bytes, for stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Consumer {
+    Http,
+    Device,
+    Kernel,
+}
+
+impl Consumer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Device => "device",
+            Self::Kernel => "kernel",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PoolError {
+    #[error("pool full: {free} bytes free, {wanted} offered")]
+    Full { free: usize, wanted: usize },
+    #[error("not enough entropy: {available} bytes available, {wanted} requested")]
+    Insufficient { available: usize, wanted: usize },
+}
+
+/// Bytes handed to one consumer, with how many came from each class.
+#[derive(Debug)]
+pub struct Taken {
+    pub bytes: SecretBytes,
+    pub by_provenance: [usize; 5],
+}
+
+impl Taken {
+    /// The single class these bytes came from, or `None` when they span several.
+    pub fn single_provenance(&self) -> Option<Provenance> {
+        let mut classes = Provenance::ALL
+            .into_iter()
+            .filter(|p| self.by_provenance[p.index()] > 0);
+        let first = classes.next()?;
+        classes.next().is_none().then_some(first)
+    }
+}
+
+/// A point-in-time view of the pool for `/health` and metrics.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Snapshot {
+    pub total_bytes: usize,
+    pub capacity_bytes: usize,
+    pub fallback_bytes: usize,
+    pub by_provenance: std::collections::BTreeMap<&'static str, usize>,
+    pub admitted_bytes_total: u64,
+    pub served_bytes_total: u64,
+}
+
+struct Chunk {
+    data: SecretBytes,
+    pos: usize,
+    fallback: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    queues: [VecDeque<Chunk>; 5],
+    by_prov: [usize; 5],
+    total: usize,
+    fallback: usize,
+}
+
+/// The pool. Its `Debug` shows sizes only.
+pub struct Pool {
+    inner: Mutex<Inner>,
+    capacity: usize,
+    low_watermark: usize,
+    admitted: AtomicU64,
+    served: AtomicU64,
+    refill: tokio::sync::Notify,
+    arrived: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("capacity", &self.capacity)
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    pub fn new(capacity: usize, low_watermark: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            capacity,
+            low_watermark,
+            admitted: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+            refill: tokio::sync::Notify::new(),
+            arrived: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves no half-copied state that could repeat a byte:
+        // bytes are zeroed and accounted in the same step, so the data is safe to keep using.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn free(&self) -> usize {
+        self.capacity - self.len()
+    }
+
+    fn push(
+        &self,
+        data: SecretBytes,
+        class: Provenance,
+        fallback: bool,
+    ) -> Result<usize, PoolError> {
+        let n = data.len();
+        {
+            let mut g = self.lock();
+            let free = self.capacity - g.total;
+            if n > free {
+                return Err(PoolError::Full { free, wanted: n });
+            }
+            g.queues[class.index()].push_back(Chunk {
+                data,
+                pos: 0,
+                fallback,
+            });
+            g.by_prov[class.index()] += n;
+            g.total += n;
+            if fallback {
+                g.fallback += n;
+            }
+        }
+        self.admitted.fetch_add(n as u64, Ordering::Relaxed);
+        self.arrived.notify_waiters();
+        Ok(n)
+    }
+
+    /// Admits a verified packet's entropy. On `Full` the entropy is dropped (and zeroed).
+    pub fn admit(&self, packet: VerifiedPacket) -> Result<usize, PoolError> {
+        let (entropy, class) = packet.into_entropy();
+        self.push(entropy, class, false)
+    }
+
+    /// Fills up to `n` bytes from the operating system's RNG, health-tested, marked `local` and
+    /// counted as fallback. Returns the bytes added (fewer if the pool has less room).
+    pub fn fill_local(&self, n: usize, health: &mut SourceHealth) -> Result<usize, HealthFailure> {
+        let n = n.min(self.free());
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut buf = SecretBytes::zeroed(n);
+        if let Err(e) = getrandom::fill(buf.expose_mut()) {
+            health.record_error(format!("getrandom: {e}"));
+            return Ok(0);
+        }
+        health.check_block(buf.expose())?;
+        Ok(self.push(buf, Provenance::Local, true).unwrap_or(0))
+    }
+
+    /// Takes exactly `n` bytes for one consumer, or nothing.
+    pub fn take(&self, n: usize, want: Want) -> Result<Taken, PoolError> {
+        let mut out = SecretBytes::zeroed(n);
+        let by_provenance = self.take_into(out.expose_mut(), want, true)?;
+        Ok(Taken {
+            bytes: out,
+            by_provenance,
+        })
+    }
+
+    /// Fills `dst` from the pool. With `exact`, all of `dst` or nothing; otherwise at least one
+    /// byte (a device read). Returns bytes taken per class.
+    pub fn take_into(
+        &self,
+        dst: &mut [u8],
+        want: Want,
+        exact: bool,
+    ) -> Result<[usize; 5], PoolError> {
+        let mut by = [0usize; 5];
+        let below_watermark;
+        {
+            let mut g = self.lock();
+            let available = match want {
+                Want::Any => g.total,
+                Want::Only(p) => g.by_prov[p.index()],
+            };
+            let wanted = dst.len();
+            if available == 0 || (exact && available < wanted) {
+                drop(g);
+                self.refill.notify_one();
+                return Err(PoolError::Insufficient { available, wanted });
+            }
+            let n = wanted.min(available);
+            let mut filled = 0;
+            let classes: &[Provenance] = match want {
+                Want::Any => &Provenance::ALL,
+                Want::Only(ref p) => std::slice::from_ref(p),
+            };
+            let inner = &mut *g;
+            for &class in classes {
+                let q = &mut inner.queues[class.index()];
+                while filled < n {
+                    let Some(chunk) = q.front_mut() else { break };
+                    let k = (n - filled).min(chunk.data.len() - chunk.pos);
+                    let src = &mut chunk.data.expose_mut()[chunk.pos..chunk.pos + k];
+                    dst[filled..filled + k].copy_from_slice(src);
+                    zeroize::Zeroize::zeroize(src);
+                    chunk.pos += k;
+                    filled += k;
+                    by[class.index()] += k;
+                    if chunk.fallback {
+                        inner.fallback -= k;
+                    }
+                    if chunk.pos == chunk.data.len() {
+                        q.pop_front();
+                    }
+                }
+                inner.by_prov[class.index()] -= by[class.index()];
+            }
+            debug_assert_eq!(filled, n);
+            inner.total -= n;
+            below_watermark = inner.total < self.low_watermark;
+        }
+        self.served
+            .fetch_add(by.iter().sum::<usize>() as u64, Ordering::Relaxed);
+        if below_watermark {
+            self.refill.notify_one();
+        }
+        Ok(by)
+    }
+
+    /// Resolves when the pool fell below its low watermark (or a consumer found it empty).
+    pub async fn refill_needed(&self) {
+        self.refill.notified().await
+    }
+
+    pub fn below_low_watermark(&self) -> bool {
+        self.len() < self.low_watermark
+    }
+
+    /// Resolves after the next admission (for blocking readers).
+    pub async fn arrived(&self) {
+        self.arrived.notified().await
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let g = self.lock();
+        Snapshot {
+            total_bytes: g.total,
+            capacity_bytes: self.capacity,
+            fallback_bytes: g.fallback,
+            by_provenance: Provenance::ALL
+                .iter()
+                .map(|p| (p.as_str(), g.by_prov[p.index()]))
+                .collect(),
+            admitted_bytes_total: self.admitted.load(Ordering::Relaxed),
+            served_bytes_total: self.served.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,281 @@
+//! The packet: Kirq's canonical, versioned binary encoding of one delivery of entropy.
+//!
+//! Big-endian, length-prefixed, no optional padding, so each packet has exactly one encoding:
+//!
+//! ```text
+//! magic "KIRQ" | version u8 = 1 | sig_alg u8 = 1 (Falcon-512) | mix_alg u8 = 1 (SHAKE256)
+//! proof_alg u8 (0 = none) | key_id [8]
+//! recipient_len u8 (1..=64) | recipient (ASCII [A-Za-z0-9._-])
+//! sequence u64 | nonce [16] | issued_at_ms u64 | expires_at_ms u64 (0 < lifetime <= 60 s)
+//! n_sources u8 (1..=16), each: kind u8 | id_len u8 (1..=64) | id | byte_count u32 | commitment [32]
+//! entropy_len u32 (1..=1 MiB) | entropy
+//! proof_len u32 (0 when proof_alg = 0, else 1..=512 KiB) | proof
+//! sig_len u16 (1..=752) | Falcon-512 signature over every byte before sig_len
+//! ```
+//!
+//! Every length is checked against its bound before anything is allocated, and trailing bytes are
+//! an error. Decoding checks structure only; [`crate::verify`] checks meaning (recipient, time,
+//! replay, signature).
+
+mod codec;
+
+pub use codec::DecodeError;
+use codec::{Reader, Writer};
+
+use crate::crypto::falcon::{KeyId, MAX_SIGNATURE_BYTES, SigningKey};
+use crate::secret::SecretBytes;
+
+pub const MAGIC: [u8; 4] = *b"KIRQ";
+pub const VERSION: u8 = 1;
+pub const SIG_FALCON512: u8 = 1;
+pub const MIX_SHAKE256: u8 = 1;
+pub const PROOF_NONE: u8 = 0;
+
+pub const MAX_RECIPIENT_LEN: usize = 64;
+pub const MAX_SOURCES: usize = 16;
+pub const MAX_SOURCE_ID_LEN: usize = 64;
+pub const MAX_ENTROPY_BYTES: usize = 1 << 20;
+pub const MAX_PROOF_BYTES: usize = 512 * 1024;
+/// Most raw bytes one source may claim to have contributed to one packet.
+pub const MAX_CONTRIBUTION_BYTES: u32 = 16 << 20;
+/// A packet lives at most this long after its issue time.
+pub const MAX_LIFETIME_MS: u64 = 60_000;
+
+const FIXED_HEADER: usize = 4 + 4 + 8 + 1 + 8 + 16 + 8 + 8 + 1;
+const MAX_SOURCE_ENTRY: usize = 1 + 1 + MAX_SOURCE_ID_LEN + 4 + 32;
+/// The largest well-formed packet: every field at its bound.
+pub const MAX_PACKET_BYTES: usize = FIXED_HEADER
+    + MAX_RECIPIENT_LEN
+    + MAX_SOURCES * MAX_SOURCE_ENTRY
+    + 4
+    + MAX_ENTROPY_BYTES
+    + 4
+    + MAX_PROOF_BYTES
+    + 2
+    + MAX_SIGNATURE_BYTES;
+
+/// What kind of source a contribution came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Qrng = 1,
+    Hsm = 2,
+    Decentralized = 3,
+    Local = 4,
+}
+
+impl SourceKind {
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Qrng,
+            2 => Self::Hsm,
+            3 => Self::Decentralized,
+            4 => Self::Local,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Qrng => "qrng",
+            Self::Hsm => "hsm",
+            Self::Decentralized => "decentralized",
+            Self::Local => "local",
+        }
+    }
+}
+
+/// One source's part in a packet: who, what kind, how many raw bytes, and the hub's commitment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceEntry {
+    pub kind: SourceKind,
+    pub id: String,
+    pub byte_count: u32,
+    pub commitment: [u8; 32],
+}
+
+/// A decoded packet. Its `Debug` never shows the entropy (see [`SecretBytes`]).
+#[derive(Debug)]
+pub struct Packet {
+    pub key_id: KeyId,
+    pub proof_alg: u8,
+    pub recipient: String,
+    pub sequence: u64,
+    pub nonce: [u8; 16],
+    pub issued_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub provenance: Vec<SourceEntry>,
+    pub entropy: SecretBytes,
+    pub proof: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// A decoded packet plus the exact bytes its signature covers.
+#[derive(Debug)]
+pub struct Decoded<'a> {
+    pub packet: Packet,
+    pub signed: &'a [u8],
+}
+
+fn valid_name(s: &[u8]) -> bool {
+    !s.is_empty()
+        && s.iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// True when `s` may be used as a recipient or source id.
+pub fn is_valid_id(s: &str) -> bool {
+    s.len() <= MAX_RECIPIENT_LEN && valid_name(s.as_bytes())
+}
+
+impl Packet {
+    /// Decodes one packet; `bytes` must be exactly one packet.
+    pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, DecodeError> {
+        if bytes.len() > MAX_PACKET_BYTES {
+            return Err(DecodeError::TooLarge { len: bytes.len() });
+        }
+        let mut r = Reader::new(bytes);
+        if r.array::<4>("magic")? != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        let version = r.u8("version")?;
+        if version != VERSION {
+            return Err(DecodeError::UnknownVersion(version));
+        }
+        let sig_alg = r.u8("sig_alg")?;
+        if sig_alg != SIG_FALCON512 {
+            return Err(DecodeError::UnknownAlgorithm {
+                field: "sig_alg",
+                value: sig_alg,
+            });
+        }
+        let mix_alg = r.u8("mix_alg")?;
+        if mix_alg != MIX_SHAKE256 {
+            return Err(DecodeError::UnknownAlgorithm {
+                field: "mix_alg",
+                value: mix_alg,
+            });
+        }
+        let proof_alg = r.u8("proof_alg")?;
+        let key_id = KeyId(r.array::<8>("key_id")?);
+        let recipient = r.name_u8("recipient", MAX_RECIPIENT_LEN)?;
+        let sequence = r.u64("sequence")?;
+        let nonce = r.array::<16>("nonce")?;
+        let issued_at_ms = r.u64("issued_at")?;
+        let expires_at_ms = r.u64("expires_at")?;
+        if expires_at_ms <= issued_at_ms || expires_at_ms - issued_at_ms > MAX_LIFETIME_MS {
+            return Err(DecodeError::LifetimeOutOfRange);
+        }
+        let n_sources = usize::from(r.u8("n_sources")?);
+        if n_sources == 0 || n_sources > MAX_SOURCES {
+            return Err(DecodeError::CountOutOfRange {
+                field: "n_sources",
+                value: n_sources as u64,
+                min: 1,
+                max: MAX_SOURCES as u64,
+            });
+        }
+        let mut provenance = Vec::with_capacity(n_sources);
+        for _ in 0..n_sources {
+            let raw_kind = r.u8("source.kind")?;
+            let kind =
+                SourceKind::from_u8(raw_kind).ok_or(DecodeError::UnknownSourceKind(raw_kind))?;
+            let id = r.name_u8("source.id", MAX_SOURCE_ID_LEN)?;
+            let byte_count = r.u32("source.byte_count")?;
+            if byte_count == 0 || byte_count > MAX_CONTRIBUTION_BYTES {
+                return Err(DecodeError::CountOutOfRange {
+                    field: "source.byte_count",
+                    value: u64::from(byte_count),
+                    min: 1,
+                    max: u64::from(MAX_CONTRIBUTION_BYTES),
+                });
+            }
+            let commitment = r.array::<32>("source.commitment")?;
+            provenance.push(SourceEntry {
+                kind,
+                id,
+                byte_count,
+                commitment,
+            });
+        }
+        let entropy_len = r.len_u32("entropy", 1, MAX_ENTROPY_BYTES)?;
+        let entropy = SecretBytes::new(r.take(entropy_len, "entropy")?.to_vec());
+        let (proof_min, proof_max) = if proof_alg == PROOF_NONE {
+            (0, 0)
+        } else {
+            (1, MAX_PROOF_BYTES)
+        };
+        let proof_len = r.len_u32("proof", proof_min, proof_max)?;
+        let proof = r.take(proof_len, "proof")?.to_vec();
+        let signed = &bytes[..r.position()];
+        let sig_len = r.len_u16("signature", 1, MAX_SIGNATURE_BYTES)?;
+        let signature = r.take(sig_len, "signature")?.to_vec();
+        r.finish()?;
+        let packet = Packet {
+            key_id,
+            proof_alg,
+            recipient,
+            sequence,
+            nonce,
+            issued_at_ms,
+            expires_at_ms,
+            provenance,
+            entropy,
+            proof,
+            signature,
+        };
+        Ok(Decoded { packet, signed })
+    }
+
+    /// Encodes and signs. Fields are taken as given (a test may build an invalid packet); the
+    /// encoding itself always follows the layout. The result holds entropy: it is zeroed on drop.
+    pub fn encode_signed(&self, key: &SigningKey) -> zeroize::Zeroizing<Vec<u8>> {
+        let mut out = self.encode_unsigned();
+        let sig = key.sign(&out);
+        let mut w = Writer(&mut out);
+        w.u16(sig.len() as u16);
+        w.bytes(&sig);
+        out
+    }
+
+    /// The signed prefix: every field before the signature length.
+    pub fn encode_unsigned(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(
+            FIXED_HEADER + 256 + self.entropy.len() + self.proof.len() + MAX_SIGNATURE_BYTES,
+        ));
+        let mut w = Writer(&mut out);
+        w.bytes(&MAGIC);
+        w.u8(VERSION);
+        w.u8(SIG_FALCON512);
+        w.u8(MIX_SHAKE256);
+        w.u8(self.proof_alg);
+        w.bytes(&self.key_id.0);
+        w.u8(self.recipient.len() as u8);
+        w.bytes(self.recipient.as_bytes());
+        w.u64(self.sequence);
+        w.bytes(&self.nonce);
+        w.u64(self.issued_at_ms);
+        w.u64(self.expires_at_ms);
+        w.u8(self.provenance.len() as u8);
+        for s in &self.provenance {
+            w.u8(s.kind as u8);
+            w.u8(s.id.len() as u8);
+            w.bytes(s.id.as_bytes());
+            w.u32(s.byte_count);
+            w.bytes(&s.commitment);
+        }
+        w.u32(self.entropy.len() as u32);
+        w.bytes(self.entropy.expose());
+        w.u32(self.proof.len() as u32);
+        w.bytes(&self.proof);
+        out
+    }
+
+    /// The provenance class of the whole packet: the sources' common kind, or hybrid.
+    pub fn provenance_class(&self) -> crate::pool::Provenance {
+        crate::pool::Provenance::of_sources(self.provenance.iter().map(|s| s.kind))
+    }
+}
+
+#[cfg(test)]
+mod tests;
