@@ -55,6 +55,11 @@ impl Identity {
         Ok(Self { chain, key })
     }
 
+    /// A copy of the private key, for building a custom rustls config.
+    pub fn clone_key(&self) -> PrivateKeyDer<'static> {
+        self.key.clone_key()
+    }
+
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
         let pem_err = |source| TlsError::Pem {
             path: PathBuf::from("<memory>"),

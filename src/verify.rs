@@ -45,8 +45,8 @@ pub enum Reject {
     ProofRequired,
     #[error("proof algorithm {0} is not supported")]
     UnsupportedProof(u8),
-    #[error("entropy failed health tests")]
-    Health(#[source] HealthFailure),
+    #[error("entropy from key {0} failed health tests")]
+    Health(KeyId, #[source] HealthFailure),
 }
 
 impl Reject {
@@ -63,7 +63,7 @@ impl Reject {
             Self::BadSignature => "bad_signature",
             Self::ProofRequired => "proof_required",
             Self::UnsupportedProof(_) => "bad_proof",
-            Self::Health(_) => "health_failed",
+            Self::Health(..) => "health_failed",
         }
     }
 
@@ -244,7 +244,7 @@ impl Verifier {
         // Mixed output claims full entropy: test it as 8 bits per byte, fresh for each packet.
         HealthTester::new(p.alpha_exp, 8.0)
             .feed(pkt.entropy.expose())
-            .map_err(Reject::Health)?;
+            .map_err(|e| Reject::Health(pkt.key_id, e))?;
         {
             let mut cache = self.replay();
             if cache.seen.len() >= p.replay_capacity {

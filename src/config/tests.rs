@@ -1,1 +1,95 @@
+use super::*;
 
+fn write(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
+    let p = dir.join("c.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const DAEMON: &str = r#"
+id = "kirqd-1"
+[trust]
+hub_keys = ["hub.pub"]
+[receive]
+listen = "127.0.0.1:8443"
+cert = "d.crt"
+key = "d.key"
+hub_ca = "hub-ca.pem"
+[[hubs]]
+url = "https://hub.example:8444"
+"#;
+
+#[test]
+fn daemon_defaults_and_relative_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = DaemonConfig::load(&write(dir.path(), DAEMON)).unwrap();
+    assert_eq!(c.pool.capacity_bytes, 16 << 20);
+    assert_eq!(c.pool.low_watermark_bytes, 1024);
+    assert_eq!(c.fallback.after_secs, 30);
+    assert_eq!(c.trust.max_clock_skew_ms, 5000);
+    assert_eq!(c.health.alpha_exponent, 30);
+    assert_eq!(c.http.listen.unwrap().to_string(), "127.0.0.1:8080");
+    assert_eq!(c.trust.hub_keys[0], dir.path().join("hub.pub"));
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = DAEMON.replace("[trust]", "[trust]\nrequire_prooof = true");
+    let e = DaemonConfig::load(&write(dir.path(), &text)).unwrap_err();
+    assert!(matches!(e, ConfigError::Parse { .. }));
+    let chain = format!("{:#}", anyhow::Error::from(e));
+    assert!(chain.contains("require_prooof"), "{chain}");
+}
+
+#[test]
+fn validation_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("id = \"kirqd-1\"", "id = \"bad id\"", "id"),
+        ("url = \"https://hub.example:8444\"", "url = \"http://hub\"", "hubs.url"),
+        ("[[hubs]]", "[pool]\nlow_watermark_bytes = 99999999\n[[hubs]]", "pool.low_watermark_bytes"),
+        ("[[hubs]]", "[fallback]\nafter_secs = 0\n[[hubs]]", "fallback.after_secs"),
+        ("[[hubs]]", "[http]\nallow = []\n[[hubs]]", "http.allow"),
+        ("hub_keys = [\"hub.pub\"]", "hub_keys = []", "trust.hub_keys"),
+    ];
+    for (from, to, key) in cases {
+        let text = DAEMON.replace(from, to);
+        match DaemonConfig::load(&write(dir.path(), &text)) {
+            Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{to}"),
+            other => panic!("{to}: expected Invalid({key}), got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn hub_config_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+id = "hub-1"
+signing_key = "hub.key"
+listen = "127.0.0.1:8444"
+[tls]
+cert = "h.crt"
+key = "h.key"
+daemon_ca = "daemon-ca.pem"
+[[daemons]]
+id = "kirqd-1"
+url = "https://127.0.0.1:8443"
+[[sources]]
+type = "local"
+"#;
+    let c = HubConfig::load(&write(dir.path(), text)).unwrap();
+    assert_eq!(c.sources[0].id(), "local");
+    assert_eq!(c.packet_bytes, 4096);
+    let dup = format!("{text}\n[[daemons]]\nid = \"kirqd-1\"\n");
+    assert!(matches!(
+        HubConfig::load(&write(dir.path(), &dup)),
+        Err(ConfigError::Invalid { key: "daemons.id", .. })
+    ));
+    let big = text.replace("listen =", "packet_bytes = 99999999\nlisten =");
+    assert!(matches!(
+        HubConfig::load(&write(dir.path(), &big)),
+        Err(ConfigError::Invalid { key: "packet_bytes", .. })
+    ));
+}

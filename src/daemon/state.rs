@@ -117,6 +117,13 @@ impl Daemon {
         let verified = match self.verifier.verify(bytes, now_ms()) {
             Ok(v) => v,
             Err(r) => {
+                if let Reject::Health(key_id, e) = &r {
+                    let key = format!("hub:{key_id}");
+                    let mut q = lock(&self.hub_quality);
+                    let h = q.entry(key.clone()).or_insert_with(|| self.new_quality());
+                    h.record_error(e.to_string());
+                    self.metrics.observe_quality(&key, h.quality());
+                }
                 self.metrics.reject(r.reason());
                 tracing::info!(reason = r.reason(), error = %r, "packet rejected");
                 return Err(r.into());
@@ -127,9 +134,7 @@ impl Daemon {
         let class = verified.class();
         {
             let mut q = lock(&self.hub_quality);
-            let h = q.entry(key.clone()).or_insert_with(|| {
-                SourceHealth::new(self.cfg.health.alpha_exponent, 8.0, Duration::ZERO)
-            });
+            let h = q.entry(key.clone()).or_insert_with(|| self.new_quality());
             // The verifier already ran the health tests on these bytes; record the pass.
             h.record_pass();
             self.metrics.observe_quality(&key, h.quality());
@@ -149,6 +154,10 @@ impl Daemon {
                 Err(ReceiveError::Pool(e))
             }
         }
+    }
+
+    fn new_quality(&self) -> SourceHealth {
+        SourceHealth::new(self.cfg.health.alpha_exponent, 8.0, Duration::ZERO)
     }
 
     fn touch_hub(&self) {

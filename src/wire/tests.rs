@@ -1,1 +1,134 @@
+use super::*;
+use crate::crypto::falcon::VerifyingKey;
+use crate::verify::{Policy, Verifier};
 
+#[derive(serde::Deserialize)]
+struct Vectors {
+    recipient: String,
+    now_ms: u64,
+    max_skew_ms: u64,
+    public_key: String,
+    valid: Vec<Valid>,
+    invalid: Vec<Invalid>,
+}
+
+#[derive(serde::Deserialize)]
+struct Valid {
+    name: String,
+    packet: String,
+    entropy: String,
+    provenance: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Invalid {
+    name: String,
+    packet: String,
+    reason: String,
+}
+
+fn vectors() -> (Vectors, VerifyingKey) {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/packet-vectors.json"
+    ))
+    .unwrap();
+    let v: Vectors = serde_json::from_str(&text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("k.pub");
+    std::fs::write(&p, &v.public_key).unwrap();
+    let key = VerifyingKey::load(&p).unwrap();
+    (v, key)
+}
+
+fn verifier(v: &Vectors, key: &VerifyingKey) -> Verifier {
+    Verifier::new(
+        Policy {
+            recipient: v.recipient.clone(),
+            max_skew_ms: v.max_skew_ms,
+            require_proof: false,
+            replay_capacity: 1024,
+            alpha_exp: 30,
+        },
+        vec![key.clone()],
+    )
+}
+
+#[test]
+fn valid_vectors_verify_and_round_trip() {
+    let (v, key) = vectors();
+    let verifier = verifier(&v, &key);
+    assert!(!v.valid.is_empty());
+    for t in &v.valid {
+        let bytes = hex::decode(&t.packet).unwrap();
+        let d = Packet::decode(&bytes).unwrap_or_else(|e| panic!("{}: {e}", t.name));
+        assert_eq!(hex::encode(d.packet.entropy.expose()), t.entropy, "{}", t.name);
+        // Canonical: re-encoding the decoded fields gives the same signed prefix.
+        assert_eq!(&d.packet.encode_unsigned()[..], d.signed, "{}", t.name);
+        let ok = verifier.verify(&bytes, v.now_ms).unwrap_or_else(|e| panic!("{}: {e}", t.name));
+        assert_eq!(ok.class().as_str(), t.provenance, "{}", t.name);
+        // The same bytes again are a replay.
+        let again = verifier.verify(&bytes, v.now_ms).unwrap_err();
+        assert_eq!(again.reason(), "replayed", "{}", t.name);
+    }
+}
+
+#[test]
+fn invalid_vectors_give_their_reason() {
+    let (v, key) = vectors();
+    let verifier = verifier(&v, &key);
+    assert!(v.invalid.len() >= 20);
+    for t in &v.invalid {
+        let bytes = hex::decode(&t.packet).unwrap();
+        let err = verifier.verify(&bytes, v.now_ms).expect_err(&t.name);
+        assert_eq!(err.reason(), t.reason, "{}: {err}", t.name);
+    }
+    // Nothing invalid reached the replay cache.
+    assert_eq!(verifier.replay_cache_len(), 0);
+}
+
+#[test]
+fn distinct_decode_variants() {
+    let (v, _) = vectors();
+    let find = |name: &str| {
+        let t = v.invalid.iter().find(|t| t.name == name).unwrap();
+        Packet::decode(&hex::decode(&t.packet).unwrap()).unwrap_err()
+    };
+    assert!(matches!(find("unknown version 2"), DecodeError::UnknownVersion(2)));
+    assert!(matches!(find("one trailing byte"), DecodeError::TrailingBytes(1)));
+    assert!(matches!(find("truncated in the entropy"), DecodeError::Truncated("entropy")));
+    assert!(matches!(find("truncated in the signature"), DecodeError::Truncated("signature")));
+    assert!(matches!(find("17 sources"), DecodeError::CountOutOfRange { field: "n_sources", .. }));
+    assert!(matches!(
+        find("entropy length 2 MiB declared"),
+        DecodeError::LengthOutOfRange { field: "entropy", .. }
+    ));
+    assert!(matches!(find("lifetime over 60 s"), DecodeError::LifetimeOutOfRange));
+    assert!(matches!(find("unknown source kind"), DecodeError::UnknownSourceKind(9)));
+    assert!(matches!(find("bad magic"), DecodeError::BadMagic));
+}
+
+#[test]
+fn oversize_input_is_refused_before_parsing() {
+    let big = vec![0u8; MAX_PACKET_BYTES + 1];
+    assert!(matches!(Packet::decode(&big), Err(DecodeError::TooLarge { .. })));
+}
+
+#[test]
+fn every_prefix_of_a_valid_packet_is_rejected_without_panic() {
+    let (v, _) = vectors();
+    let bytes = hex::decode(&v.valid[0].packet).unwrap();
+    for cut in 0..bytes.len() {
+        assert!(Packet::decode(&bytes[..cut]).is_err(), "prefix of {cut} bytes decoded");
+    }
+}
+
+#[test]
+fn debug_never_prints_entropy() {
+    let (v, _) = vectors();
+    let bytes = hex::decode(&v.valid[0].packet).unwrap();
+    let d = Packet::decode(&bytes).unwrap();
+    let shown = format!("{:?}", d.packet);
+    assert!(!shown.contains(&v.valid[0].entropy[..16]));
+    assert!(shown.contains("SecretBytes(64 bytes)"));
+}

@@ -1,0 +1,258 @@
+//! Shared fixtures for the integration tests: a throwaway fleet (keys, PKI, configs) and real
+//! kirqd / kirq-hub processes on loopback.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kirq::crypto::falcon::SigningKey;
+use kirq::secret::SecretBytes;
+use kirq::wire::{Packet, SourceEntry, SourceKind};
+
+pub const DAEMON_ID: &str = "kirqd-1";
+pub const HUB_ID: &str = "hub-1";
+
+pub fn free_port() -> u16 {
+    kirq::demo::free_port().expect("a free loopback port")
+}
+
+/// Keys, certificates and config files for one hub and one daemon.
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub key: SigningKey,
+    pub receive_port: u16,
+    pub http_port: u16,
+    pub hub_port: u16,
+}
+
+impl Fleet {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::generate();
+        key.write_pair(dir.path(), "hub-signing").unwrap();
+        kirq::pki::write_dev_pki(dir.path(), &[HUB_ID], &[DAEMON_ID]).unwrap();
+        Self {
+            dir,
+            key,
+            receive_port: free_port(),
+            http_port: free_port(),
+            hub_port: free_port(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes kirqd.toml. `extra` is appended (TOML tables: [fallback], [pool], ...).
+    pub fn daemon_config(&self, with_hub: bool, extra: &str) -> PathBuf {
+        let hubs = if with_hub {
+            format!("[[hubs]]\nurl = \"https://localhost:{}\"\n", self.hub_port)
+        } else {
+            String::new()
+        };
+        let text = format!(
+            r#"id = "{DAEMON_ID}"
+[trust]
+hub_keys = ["hub-signing.pub"]
+[receive]
+listen = "127.0.0.1:{}"
+cert = "{DAEMON_ID}.crt"
+key = "{DAEMON_ID}.key"
+hub_ca = "hub-ca.pem"
+[http]
+listen = "127.0.0.1:{}"
+{hubs}
+{extra}
+"#,
+            self.receive_port, self.http_port
+        );
+        let p = self.path("kirqd.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub fn hub_config(&self, push: bool) -> PathBuf {
+        let text = format!(
+            r#"id = "{HUB_ID}"
+signing_key = "hub-signing.key"
+listen = "127.0.0.1:{}"
+push_interval_ms = {}
+[tls]
+cert = "{HUB_ID}.crt"
+key = "{HUB_ID}.key"
+daemon_ca = "daemon-ca.pem"
+[[daemons]]
+id = "{DAEMON_ID}"
+url = "https://localhost:{}"
+[[sources]]
+type = "local"
+"#,
+            self.hub_port,
+            if push { 200 } else { 0 },
+            self.receive_port
+        );
+        let p = self.path("kirq-hub.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    /// An HTTPS client holding the hub's certificate, for talking to the receive listener.
+    pub fn hub_client(&self) -> reqwest::blocking::Client {
+        let id = kirq::tls::Identity::load(
+            &self.path(&format!("{HUB_ID}.crt")),
+            &self.path(&format!("{HUB_ID}.key")),
+        )
+        .unwrap();
+        let ca = kirq::tls::load_certs(&self.path("daemon-ca.pem")).unwrap();
+        let cfg = kirq::tls::client_config(&id, &ca, false).unwrap();
+        reqwest::blocking::Client::builder()
+            .tls_backend_preconfigured(cfg)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    }
+
+    pub fn receive_url(&self) -> String {
+        format!("https://localhost:{}/api/rng/receive", self.receive_port)
+    }
+
+    /// A valid packet for this daemon, signed by the fleet's hub key.
+    pub fn packet(&self, n: usize) -> Packet {
+        packet_for(&self.key, DAEMON_ID, n)
+    }
+}
+
+pub fn packet_for(key: &SigningKey, recipient: &str, n: usize) -> Packet {
+    let mut entropy = SecretBytes::zeroed(n);
+    getrandom::fill(entropy.expose_mut()).unwrap();
+    let mut nonce = [0; 16];
+    getrandom::fill(&mut nonce).unwrap();
+    let now = kirq::util::now_ms();
+    Packet {
+        key_id: key.verifying_key().id(),
+        proof_alg: 0,
+        recipient: recipient.into(),
+        sequence: 1,
+        nonce,
+        issued_at_ms: now,
+        expires_at_ms: now + 60_000,
+        provenance: vec![SourceEntry {
+            kind: SourceKind::Qrng,
+            id: "test-qrng".into(),
+            byte_count: n as u32,
+            commitment: [0; 32],
+        }],
+        entropy,
+        proof: vec![],
+        signature: vec![],
+    }
+}
+
+/// A child process killed on drop, its stderr collected in a file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(bin: &str, args: &[&str], log: &Path, env: &[(&str, &str)]) -> Self {
+        let err = std::fs::File::create(log).unwrap();
+        let mut cmd = Command::new(bin);
+        cmd.args(args).stdout(Stdio::null()).stderr(err).env_remove("RUST_LOG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        Self {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        std::fs::File::open(&self.log).unwrap().read_to_string(&mut s).unwrap();
+        s
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "process ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn kirqd(fleet: &Fleet, config: &Path, env: &[(&str, &str)]) -> Proc {
+    let p = Proc::spawn(
+        env!("CARGO_BIN_EXE_kirqd"),
+        &["run", "--config", config.to_str().unwrap()],
+        &fleet.path("kirqd.log"),
+        env,
+    );
+    wait_for(Duration::from_secs(20), "kirqd HTTP shim", || {
+        reqwest::blocking::get(fleet.http("/api/rng/health")).is_ok()
+    });
+    p
+}
+
+pub fn hub(fleet: &Fleet, config: &Path, env: &[(&str, &str)]) -> Proc {
+    let log = fleet.path(&format!("hub-{}.log", free_port()));
+    let p = Proc::spawn(
+        env!("CARGO_BIN_EXE_kirq-hub"),
+        &["run", "--config", config.to_str().unwrap()],
+        &log,
+        env,
+    );
+    wait_for(Duration::from_secs(20), "kirq-hub pull listener", || {
+        std::net::TcpStream::connect(("127.0.0.1", fleet.hub_port)).is_ok()
+    });
+    p
+}
+
+pub fn wait_for(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn get_json(url: &str) -> serde_json::Value {
+    reqwest::blocking::get(url).unwrap().json().unwrap()
+}
+
+/// POSTs `{"num_bytes": n, ...}` to /api/rng/random; returns (status, body).
+pub fn random(fleet: &Fleet, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let r = reqwest::blocking::Client::new()
+        .post(fleet.http("/api/rng/random"))
+        .json(&body)
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.json().unwrap())
+}

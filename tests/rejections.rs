@@ -1,0 +1,202 @@
+//! The rejection matrix against a real kirqd process: each bad packet is answered with its reason,
+//! counted in stats and metrics, and leaves the pool unchanged.
+
+mod common;
+
+use common::*;
+use kirq::crypto::falcon::SigningKey;
+
+struct Daemon {
+    f: Fleet,
+    _p: Proc,
+    client: reqwest::blocking::Client,
+}
+
+impl Daemon {
+    fn start() -> Self {
+        let f = Fleet::new();
+        let p = kirqd(&f, &f.daemon_config(false, "[fallback]\nenabled = false"), &[]);
+        let client = f.hub_client();
+        Self { f, _p: p, client }
+    }
+
+    fn send(&self, body: Vec<u8>) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .post(self.f.receive_url())
+            .header("X-Quantum-Transport", "v1")
+            .header("Content-Type", "application/octet-stream")
+            .body(body)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json().unwrap())
+    }
+
+    fn pool(&self) -> (u64, u64) {
+        let h = get_json(&self.f.http("/api/rng/health"));
+        (
+            h["pool"]["total_bytes"].as_u64().unwrap(),
+            h["pool"]["admitted_bytes_total"].as_u64().unwrap(),
+        )
+    }
+
+    fn rejected(&self, reason: &str) -> u64 {
+        get_json(&self.f.http("/api/rng/stats"))["packets_rejected"][reason].as_u64().unwrap()
+    }
+
+    fn metric(&self, reason: &str) -> String {
+        let m = reqwest::blocking::get(self.f.http("/metrics")).unwrap().text().unwrap();
+        let prefix = format!("kirq_packets_rejected_total{{reason=\"{reason}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no metric for {reason}"))
+            .to_owned()
+    }
+
+    /// Sends `body`, expects rejection with `reason` and `status`, and no change to the pool.
+    fn expect_reject(&self, body: Vec<u8>, status: u16, reason: &str) {
+        let before = self.pool();
+        let count = self.rejected(reason);
+        let (s, resp) = self.send(body);
+        assert_eq!(s, status, "{reason}: {resp}");
+        assert_eq!(resp["reason"], reason, "{resp}");
+        assert!(resp["error"].as_str().is_some_and(|e| !e.is_empty()));
+        assert_eq!(self.rejected(reason), count + 1, "{reason} counted once in stats");
+        assert_eq!(self.metric(reason), (count + 1).to_string(), "{reason} counted in metrics");
+        assert_eq!(self.pool(), before, "{reason}: pool must not change");
+    }
+}
+
+fn signed(f: &Fleet, p: &kirq::wire::Packet) -> Vec<u8> {
+    p.encode_signed(&f.key).to_vec()
+}
+
+#[test]
+fn bad_signature() {
+    let d = Daemon::start();
+    let mut pkt = signed(&d.f, &d.f.packet(1024));
+    let at = pkt.len() - 800; // inside the entropy, before the signature
+    pkt[at] ^= 0x01;
+    d.expect_reject(pkt, 400, "bad_signature");
+}
+
+#[test]
+fn unknown_key() {
+    let d = Daemon::start();
+    let stranger = SigningKey::generate();
+    let pkt = packet_for(&stranger, DAEMON_ID, 1024).encode_signed(&stranger).to_vec();
+    d.expect_reject(pkt, 400, "unknown_key");
+}
+
+#[test]
+fn wrong_recipient() {
+    let d = Daemon::start();
+    let pkt = packet_for(&d.f.key, "kirqd-2", 1024).encode_signed(&d.f.key).to_vec();
+    d.expect_reject(pkt, 400, "wrong_recipient");
+}
+
+#[test]
+fn expired() {
+    let d = Daemon::start();
+    let mut p = d.f.packet(1024);
+    p.issued_at_ms -= 70_000;
+    p.expires_at_ms -= 70_000;
+    d.expect_reject(signed(&d.f, &p), 400, "expired");
+}
+
+#[test]
+fn future_issue_time() {
+    let d = Daemon::start();
+    let mut p = d.f.packet(1024);
+    p.issued_at_ms += 30_000;
+    p.expires_at_ms += 30_000;
+    d.expect_reject(signed(&d.f, &p), 400, "issued_in_future");
+}
+
+#[test]
+fn replayed_nonce() {
+    let d = Daemon::start();
+    let pkt = signed(&d.f, &d.f.packet(1024));
+    let (s, resp) = d.send(pkt.clone());
+    assert_eq!(s, 200, "{resp}");
+    assert_eq!(resp["status"], "accepted");
+    assert_eq!(resp["id"].as_str().unwrap().len(), 32);
+    assert_eq!(d.pool(), (1024, 1024));
+    d.expect_reject(pkt, 400, "replayed");
+}
+
+#[test]
+fn truncated() {
+    let d = Daemon::start();
+    let pkt = signed(&d.f, &d.f.packet(1024));
+    d.expect_reject(pkt[..pkt.len() - 1].to_vec(), 400, "truncated");
+}
+
+#[test]
+fn oversize_body() {
+    let d = Daemon::start();
+    let body = vec![0u8; kirq::wire::MAX_PACKET_BYTES + 1];
+    d.expect_reject(body, 413, "body_too_large");
+}
+
+#[test]
+fn unknown_version() {
+    let d = Daemon::start();
+    let mut pkt = signed(&d.f, &d.f.packet(1024));
+    pkt[4] = 9;
+    d.expect_reject(pkt, 400, "unknown_version");
+}
+
+#[test]
+fn trailing_bytes() {
+    let d = Daemon::start();
+    let mut pkt = signed(&d.f, &d.f.packet(1024));
+    pkt.extend_from_slice(b"extra");
+    d.expect_reject(pkt, 400, "trailing_bytes");
+}
+
+#[test]
+fn failing_health_tests() {
+    let d = Daemon::start();
+    let mut p = d.f.packet(1024);
+    p.entropy = kirq::secret::SecretBytes::new(vec![7; 1024]);
+    d.expect_reject(signed(&d.f, &p), 400, "health_failed");
+}
+
+#[test]
+fn no_client_certificate_is_refused_in_the_handshake() {
+    let d = Daemon::start();
+    let ca = kirq::tls::load_certs(&d.f.path("daemon-ca.pem")).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(kirq::tls::provider(false))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(kirq::tls::roots(&ca).unwrap())
+        .with_no_client_auth();
+    let anon = reqwest::blocking::Client::builder()
+        .tls_backend_preconfigured(cfg)
+        .build()
+        .unwrap();
+    let before = d.pool();
+    let r = anon
+        .post(d.f.receive_url())
+        .header("X-Quantum-Transport", "v1")
+        .body(signed(&d.f, &d.f.packet(1024)))
+        .send();
+    assert!(r.is_err(), "a client without a certificate must not get an HTTP answer");
+    let stats = get_json(&d.f.http("/api/rng/stats"));
+    assert_eq!(stats["tls_handshake_failures"], 1, "{stats}");
+    assert_eq!(d.pool(), before);
+}
+
+#[test]
+fn missing_transport_header_is_refused() {
+    let d = Daemon::start();
+    let r = d
+        .client
+        .post(d.f.receive_url())
+        .body(signed(&d.f, &d.f.packet(1024)))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(d.pool(), (0, 0));
+}
