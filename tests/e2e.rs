@@ -32,8 +32,10 @@ fn hub_process_delivers_and_daemon_serves_over_http() {
         .decode(body["random_data"].as_str().unwrap())
         .unwrap();
     assert_eq!(raw.len(), 48);
+    wait_for(Duration::from_secs(10), "a pull from the hub", || {
+        get_json(&f.http("/api/rng/health"))["hubs"][0]["reachable"] == true
+    });
     let health = get_json(&f.http("/api/rng/health"));
-    assert_eq!(health["hubs"][0]["reachable"], true, "{health}");
     assert_eq!(health["fallback_active"], false);
     assert!(health["pool"]["by_provenance"]["local"].as_u64().unwrap() > 0);
     let metrics = reqwest::blocking::get(f.http("/metrics")).unwrap().text().unwrap();
@@ -172,10 +174,12 @@ fn fallback_engages_when_the_hub_stops_and_recovers_when_it_returns() {
     h.kill();
     // Drain what the hub delivered so the fallback has room to show itself.
     loop {
-        let (status, _) = random(&f, serde_json::json!({ "num_bytes": 65536 }));
-        if status != 200 {
+        let left = get_json(&f.http("/api/rng/health"))["pool"]["total_bytes"].as_u64().unwrap();
+        if left == 0 {
             break;
         }
+        let (status, body) = random(&f, serde_json::json!({ "num_bytes": left.min(65536) }));
+        assert_eq!(status, 200, "{body}");
     }
     let t0 = std::time::Instant::now();
     wait_for(Duration::from_secs(10), "fallback_active", || {

@@ -1,8 +1,9 @@
 //! kirqd: receives packets over mutual TLS, verifies them, keeps the single-use pool, and serves it.
 //!
 //! One [`Daemon`] value holds the shared state; a few tasks drive it: the receive listener (push
-//! from hubs), the refill task (pull from hubs below the low watermark, and a probe so a quiet hub
-//! is not mistaken for a dead one), the fallback monitor (local entropy, loudly, after
+//! from hubs), the refill task (pull from hubs below the low watermark), the probe task (asks each
+//! hub for nothing every few seconds, for /health and so a quiet hub is not taken for a dead
+//! one), the fallback monitor (local entropy, loudly, after
 //! `fallback.after_secs` without any hub), and the HTTP shim ([`crate::http`]).
 
 mod state;
@@ -85,7 +86,10 @@ pub async fn start(
         None => None,
     };
 
-    tasks.push(tokio::spawn(state::refill_task(daemon.clone(), client)));
+    if !cfg.hubs.is_empty() {
+        tasks.push(tokio::spawn(state::refill_task(daemon.clone(), client.clone())));
+        tasks.push(tokio::spawn(state::probe_task(daemon.clone(), client)));
+    }
     tasks.push(tokio::spawn(state::fallback_task(daemon.clone())));
     tracing::info!(
         id = %cfg.id,

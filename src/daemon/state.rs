@@ -257,28 +257,20 @@ impl Daemon {
     }
 }
 
-/// Pulls from the hubs (in order) when the pool is low, and probes them when no hub has been heard
-/// from for a third of the fallback delay.
+/// Pulls from the hubs, in order, whenever the pool is below its low watermark.
 pub(super) async fn refill_task(d: Arc<Daemon>, client: reqwest::Client) {
     if d.cfg.hubs.is_empty() {
         return;
     }
-    let probe_after = Duration::from_secs(d.cfg.fallback.after_secs).div_f64(3.0);
     loop {
         tokio::select! {
             _ = d.pool.refill_needed() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        let low = d.pool.below_low_watermark();
-        let quiet = lock(&d.last_contact).elapsed() >= probe_after;
-        if !low && !quiet {
+        if !d.pool.below_low_watermark() {
             continue;
         }
-        let want = if low {
-            d.cfg.pool.refill_bytes.min(d.pool.free())
-        } else {
-            0
-        };
+        let want = d.cfg.pool.refill_bytes.min(d.pool.free());
         for i in 0..d.cfg.hubs.len() {
             match d.pull(&client, i, want).await {
                 Ok(n) => {
@@ -292,6 +284,29 @@ pub(super) async fn refill_task(d: Arc<Daemon>, client: reqwest::Client) {
                 }
             }
         }
+    }
+}
+
+/// Asks every hub for nothing (`bytes: 0`) every few seconds, so /health shows each hub's
+/// reachability and a hub that only answers pulls is not mistaken for a dead one.
+pub(super) async fn probe_task(d: Arc<Daemon>, client: reqwest::Client) {
+    let every = Duration::from_secs(d.cfg.fallback.after_secs)
+        .div_f64(3.0)
+        .clamp(Duration::from_millis(500), Duration::from_secs(10));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let probes = (0..d.cfg.hubs.len()).map(|i| {
+            let (d, client) = (&d, &client);
+            async move {
+                let r = d.pull(client, i, 0).await;
+                if let Err(e) = &r {
+                    tracing::debug!(hub = %d.cfg.hubs[i].url, error = %e, "hub probe failed");
+                }
+                d.set_hub(i, r.map(|_| ()));
+            }
+        });
+        futures::future::join_all(probes).await;
     }
 }
 

@@ -215,7 +215,8 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
 }
 
-/// `POST /api/hub/refill`: `{"recipient": ID, "bytes": N}` → a stream of `u32 len ‖ packet`.
+/// `POST /api/hub/refill`: `{"recipient": ID, "bytes": N}` → a stream of `u32 len ‖ packet`
+/// holding at least N bytes of entropy (at most [`MAX_PACKETS_PER_PULL`] packets).
 async fn refill(
     State(state): State<Arc<HubState>>,
     Extension(peer): Extension<PeerCert>,
@@ -252,7 +253,8 @@ async fn refill(
         );
     }
     let n = state.packet_bytes;
-    let count = req.bytes.div_ceil(n).clamp(1, MAX_PACKETS_PER_PULL);
+    // `bytes: 0` is a reachability probe: an empty answer.
+    let count = req.bytes.div_ceil(n).min(MAX_PACKETS_PER_PULL);
     let mut out = zeroize::Zeroizing::new(Vec::with_capacity(count * (n + 2048)));
     for _ in 0..count {
         match state.factory.build(&req.recipient, n, &state.metrics).await {
@@ -266,7 +268,9 @@ async fn refill(
             Err(_) => break,
         }
     }
-    state.metrics.delivery(&req.recipient, "pulled");
+    if count > 0 {
+        state.metrics.delivery(&req.recipient, "pulled");
+    }
     (
         [(header::CONTENT_TYPE, "application/octet-stream")],
         out.to_vec(),
