@@ -22,7 +22,9 @@ async fn serve(app: Router) -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
-        axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
+        axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
+            .await
+            .unwrap();
     });
     addr
 }
@@ -52,8 +54,9 @@ async fn load(addr: SocketAddr, dur: Duration) -> (f64, Vec<Duration>) {
         tasks.push(tokio::spawn(async move {
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
             tcp.set_nodelay(true).unwrap();
-            let (mut send, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .unwrap();
             tokio::spawn(conn);
             let mut lat = Vec::new();
             while start.elapsed() < dur {
@@ -88,14 +91,20 @@ fn pct(l: &[Duration], p: f64) -> f64 {
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let dur = Duration::from_secs(if quick { 1 } else { 5 });
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let (hub_cfg, mut dcfg) = kirq::demo::configs(dir.path(), None).unwrap();
         dcfg.fallback.enabled = false;
         let key = kirq::crypto::falcon::SigningKey::load(&hub_cfg.signing_key).unwrap();
         let keys = kirq::daemon::load_trusted_keys(&dcfg).unwrap();
-        let hardening = kirq::secret::Hardening { no_core_dumps: false, memory_locked: false };
+        let hardening = kirq::secret::Hardening {
+            no_core_dumps: false,
+            memory_locked: false,
+        };
         let d = Arc::new(kirq::daemon::Daemon::new(dcfg.clone(), keys, hardening));
         // Fill the pool through the real verifier: 240 packets of 64 KiB (15 MiB).
         let fill = if quick { 8 } else { 240 };
@@ -109,10 +118,16 @@ fn main() {
         println!(
             "POST /api/rng/random, 32 bytes, {CONNECTIONS} keep-alive connections, {dur:?} each"
         );
-        println!("{:<22} {:>10} {:>9} {:>9} {:>9}", "server", "req/s", "p50 ms", "p99 ms", "p99.9 ms");
+        println!(
+            "{:<22} {:>10} {:>9} {:>9} {:>9}",
+            "server", "req/s", "p50 ms", "p99 ms", "p99.9 ms"
+        );
         let (base_rps, base_lat) = load(base_addr, dur).await;
         let (rps, lat) = load(kirq_addr, dur).await;
-        for (name, r, l) in [("baseline (getrandom)", base_rps, &base_lat), ("kirqd pool", rps, &lat)] {
+        for (name, r, l) in [
+            ("baseline (getrandom)", base_rps, &base_lat),
+            ("kirqd pool", rps, &lat),
+        ] {
             println!(
                 "{name:<22} {r:>10.0} {:>9.3} {:>9.3} {:>9.3}",
                 pct(l, 0.5),
@@ -122,7 +137,11 @@ fn main() {
         }
         println!("ratio kirqd/baseline req/s: {:.2}", rps / base_rps);
         let served = d.pool.snapshot().served_bytes_total;
-        assert_eq!(served, 32 * lat.len() as u64, "each request took exactly 32 pool bytes");
+        assert_eq!(
+            served,
+            32 * lat.len() as u64,
+            "each request took exactly 32 pool bytes"
+        );
     });
 }
 

@@ -13,7 +13,9 @@ const NOW: u64 = 1_800_000_000_000;
 const RECIPIENT: &str = "kirqd-vectors";
 
 fn base(entropy_len: usize) -> Packet {
-    let entropy: Vec<u8> = (0..entropy_len).map(|i| (i * 131 % 251) as u8 ^ 0x5a).collect();
+    let entropy: Vec<u8> = (0..entropy_len)
+        .map(|i| (i * 131 % 251) as u8 ^ 0x5a)
+        .collect();
     Packet {
         key_id: kirq::crypto::falcon::KeyId([0; 8]),
         proof_alg: 0,
@@ -83,7 +85,11 @@ fn main() {
     }));
 
     // Structure.
-    add_bad("truncated in the signature", good_bytes[..good_bytes.len() - 100].to_vec(), "truncated");
+    add_bad(
+        "truncated in the signature",
+        good_bytes[..good_bytes.len() - 100].to_vec(),
+        "truncated",
+    );
     add_bad("empty body", Vec::new(), "truncated");
     let mut t = good_bytes.clone();
     t.push(0);
@@ -102,7 +108,11 @@ fn main() {
     add_bad("recipient of 65 bytes", signed(&long, &key), "malformed");
     let mut badname = with_key(base(64), &key);
     badname.recipient = "kirqd/../x".into();
-    add_bad("recipient with a slash", signed(&badname, &key), "malformed");
+    add_bad(
+        "recipient with a slash",
+        signed(&badname, &key),
+        "malformed",
+    );
     let mut life = with_key(base(64), &key);
     life.expires_at_ms = life.issued_at_ms + 60_001;
     add_bad("lifetime over 60 s", signed(&life, &key), "malformed");
@@ -131,22 +141,42 @@ fn main() {
     let mut huge = good.encode_unsigned().to_vec();
     let ent_at = kind_at + 1 + 1 + "qrng-a".len() + 4 + 32;
     huge[ent_at..ent_at + 4].copy_from_slice(&(2u32 << 20).to_be_bytes());
-    add_bad("entropy length 2 MiB declared", resign(huge, &key), "malformed");
+    add_bad(
+        "entropy length 2 MiB declared",
+        resign(huge, &key),
+        "malformed",
+    );
     let mut stray = with_key(base(64), &key);
     stray.proof = vec![1];
-    add_bad("proof bytes without a proof algorithm", signed(&stray, &key), "malformed");
+    add_bad(
+        "proof bytes without a proof algorithm",
+        signed(&stray, &key),
+        "malformed",
+    );
     let mut nosig = good.encode_unsigned().to_vec();
     nosig.extend_from_slice(&0u16.to_be_bytes());
     add_bad("zero-length signature", nosig, "malformed");
 
     // Meaning.
-    add_bad("truncated in the entropy", good_bytes[..ent_at + 4 + 10].to_vec(), "truncated");
+    add_bad(
+        "truncated in the entropy",
+        good_bytes[..ent_at + 4 + 10].to_vec(),
+        "truncated",
+    );
     let mut flipped = good_bytes.clone();
     flipped[ent_at + 4] ^= 1;
-    add_bad("entropy byte flipped after signing", flipped, "bad_signature");
+    add_bad(
+        "entropy byte flipped after signing",
+        flipped,
+        "bad_signature",
+    );
     let mut wrong_key_id = with_key(base(64), &key);
     wrong_key_id.key_id = other.verifying_key().id();
-    add_bad("signed by an untrusted key", signed(&with_key(base(64), &other), &other), "unknown_key");
+    add_bad(
+        "signed by an untrusted key",
+        signed(&with_key(base(64), &other), &other),
+        "unknown_key",
+    );
     add_bad(
         "claims a trusted key id, signed by another key",
         signed(&with_key(base(64), &key), &other),
@@ -155,7 +185,11 @@ fn main() {
     let _ = wrong_key_id;
     let mut wr = with_key(base(64), &key);
     wr.recipient = "kirqd-other".into();
-    add_bad("addressed to another daemon", signed(&wr, &key), "wrong_recipient");
+    add_bad(
+        "addressed to another daemon",
+        signed(&wr, &key),
+        "wrong_recipient",
+    );
     let mut exp = with_key(base(64), &key);
     exp.issued_at_ms = NOW - 61_000;
     exp.expires_at_ms = NOW - 1_000;
@@ -163,7 +197,11 @@ fn main() {
     let mut fut = with_key(base(64), &key);
     fut.issued_at_ms = NOW + 6_000;
     fut.expires_at_ms = NOW + 66_000;
-    add_bad("issued 6 s in the future (skew 5 s)", signed(&fut, &key), "issued_in_future");
+    add_bad(
+        "issued 6 s in the future (skew 5 s)",
+        signed(&fut, &key),
+        "issued_in_future",
+    );
     let mut stuck = with_key(base(64), &key);
     stuck.entropy = SecretBytes::new(vec![0x42; 64]);
     add_bad("stuck entropy", signed(&stuck, &key), "health_failed");

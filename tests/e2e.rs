@@ -11,7 +11,11 @@ use common::*;
 #[test]
 fn hub_process_delivers_and_daemon_serves_over_http() {
     let f = Fleet::new();
-    let _d = kirqd(&f, &f.daemon_config(true, "[fallback]\nenabled = false"), &[]);
+    let _d = kirqd(
+        &f,
+        &f.daemon_config(true, "[fallback]\nenabled = false"),
+        &[],
+    );
     let _h = hub(&f, &f.hub_config(true), &[]);
     wait_for(Duration::from_secs(20), "packets admitted", || {
         get_json(&f.http("/api/rng/stats"))["packets_accepted"].as_u64() > Some(0)
@@ -25,8 +29,10 @@ fn hub_process_delivers_and_daemon_serves_over_http() {
     assert_eq!(body["num_bytes"], 32);
     // The hub's only source is the OS RNG: honestly marked local.
     assert_eq!(body["source"], "local");
-    let (status, body) =
-        random(&f, serde_json::json!({ "num_bytes": 48, "encoding": "base64" }));
+    let (status, body) = random(
+        &f,
+        serde_json::json!({ "num_bytes": 48, "encoding": "base64" }),
+    );
     assert_eq!(status, 200);
     let raw = base64::engine::general_purpose::STANDARD
         .decode(body["random_data"].as_str().unwrap())
@@ -38,7 +44,10 @@ fn hub_process_delivers_and_daemon_serves_over_http() {
     let health = get_json(&f.http("/api/rng/health"));
     assert_eq!(health["fallback_active"], false);
     assert!(health["pool"]["by_provenance"]["local"].as_u64().unwrap() > 0);
-    let metrics = reqwest::blocking::get(f.http("/metrics")).unwrap().text().unwrap();
+    let metrics = reqwest::blocking::get(f.http("/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
     for name in [
         "entropy_pool_bytes ",
         "entropy_requests_total{",
@@ -52,7 +61,11 @@ fn hub_process_delivers_and_daemon_serves_over_http() {
 #[test]
 fn bad_requests_name_the_field_and_cost_nothing() {
     let f = Fleet::new();
-    let _d = kirqd(&f, &f.daemon_config(false, "[fallback]\nenabled = false"), &[]);
+    let _d = kirqd(
+        &f,
+        &f.daemon_config(false, "[fallback]\nenabled = false"),
+        &[],
+    );
     let client = f.hub_client();
     let pkt = f.packet(4096).encode_signed(&f.key).to_vec();
     let r = client
@@ -67,13 +80,22 @@ fn bad_requests_name_the_field_and_cost_nothing() {
         (serde_json::json!({ "num_bytes": 0 }), "num_bytes"),
         (serde_json::json!({ "num_bytes": 65537 }), "num_bytes"),
         (serde_json::json!({ "num_bytes": "8" }), "num_bytes"),
-        (serde_json::json!({ "num_bytes": 8, "encoding": "hexx" }), "encoding"),
-        (serde_json::json!({ "num_bytes": 8, "source": "moon" }), "source"),
+        (
+            serde_json::json!({ "num_bytes": 8, "encoding": "hexx" }),
+            "encoding",
+        ),
+        (
+            serde_json::json!({ "num_bytes": 8, "source": "moon" }),
+            "source",
+        ),
         (serde_json::json!({ "num_bytes": 8, "extra": 1 }), "extra"),
     ] {
         let (status, resp) = random(&f, body.clone());
         assert_eq!(status, 400, "{body}");
-        assert!(resp["error"].as_str().unwrap().contains(field), "{body} -> {resp}");
+        assert!(
+            resp["error"].as_str().unwrap().contains(field),
+            "{body} -> {resp}"
+        );
     }
     let (status, _) = random(&f, serde_json::json!({ "num_bytes": 8, "source": "hsm" }));
     assert_eq!(status, 503, "no hsm bytes in the pool");
@@ -87,7 +109,10 @@ fn bad_requests_name_the_field_and_cost_nothing() {
     assert_eq!(r.headers()["retry-after"], "1");
     let stats = get_json(&f.http("/api/rng/stats"));
     assert_eq!(stats["bytes_served_total"], 0, "{stats}");
-    assert_eq!(get_json(&f.http("/api/rng/health"))["pool"]["total_bytes"], 4096);
+    assert_eq!(
+        get_json(&f.http("/api/rng/health"))["pool"]["total_bytes"],
+        4096
+    );
     // Packets go only to the mutual-TLS listener.
     let r = reqwest::blocking::Client::new()
         .post(f.http("/api/rng/receive"))
@@ -100,7 +125,11 @@ fn bad_requests_name_the_field_and_cost_nothing() {
 #[test]
 fn concurrent_consumers_drain_the_pool_each_byte_once() {
     let f = Fleet::new();
-    let _d = kirqd(&f, &f.daemon_config(false, "[fallback]\nenabled = false"), &[]);
+    let _d = kirqd(
+        &f,
+        &f.daemon_config(false, "[fallback]\nenabled = false"),
+        &[],
+    );
     let client = f.hub_client();
     let mut admitted = 0u64;
     for _ in 0..32 {
@@ -144,16 +173,25 @@ fn concurrent_consumers_drain_the_pool_each_byte_once() {
             })
         })
         .collect();
-    let outputs: Vec<Vec<u8>> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let outputs: Vec<Vec<u8>> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
     let served: u64 = outputs.iter().map(|o| o.len() as u64).sum();
-    assert_eq!(served, admitted, "served must equal admitted exactly once the pool is drained");
+    assert_eq!(
+        served, admitted,
+        "served must equal admitted exactly once the pool is drained"
+    );
     let stats = get_json(&f.http("/api/rng/stats"));
     assert_eq!(stats["bytes_served_total"], served);
     assert_eq!(stats["bytes_admitted_total"], admitted);
     let mut windows = HashSet::new();
     for o in &outputs {
         for w in o.windows(16) {
-            assert!(windows.insert(w.to_vec()), "a 16-byte window was served twice");
+            assert!(
+                windows.insert(w.to_vec()),
+                "a 16-byte window was served twice"
+            );
         }
     }
 }
@@ -170,11 +208,16 @@ fn fallback_engages_when_the_hub_stops_and_recovers_when_it_returns() {
     wait_for(Duration::from_secs(20), "pulled packets", || {
         get_json(&f.http("/api/rng/stats"))["packets_accepted"].as_u64() > Some(0)
     });
-    assert_eq!(get_json(&f.http("/api/rng/health"))["fallback_active"], false);
+    assert_eq!(
+        get_json(&f.http("/api/rng/health"))["fallback_active"],
+        false
+    );
     h.kill();
     // Drain what the hub delivered so the fallback has room to show itself.
     loop {
-        let left = get_json(&f.http("/api/rng/health"))["pool"]["total_bytes"].as_u64().unwrap();
+        let left = get_json(&f.http("/api/rng/health"))["pool"]["total_bytes"]
+            .as_u64()
+            .unwrap();
         if left == 0 {
             break;
         }
@@ -192,15 +235,26 @@ fn fallback_engages_when_the_hub_stops_and_recovers_when_it_returns() {
     wait_for(Duration::from_secs(5), "local fallback bytes", || {
         get_json(&f.http("/api/rng/health"))["pool"]["fallback_bytes"].as_u64() > Some(0)
     });
-    let (status, body) = random(&f, serde_json::json!({ "num_bytes": 64, "source": "local" }));
+    let (status, body) = random(
+        &f,
+        serde_json::json!({ "num_bytes": 64, "source": "local" }),
+    );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["source"], "local");
-    let metrics = reqwest::blocking::get(f.http("/metrics")).unwrap().text().unwrap();
+    let metrics = reqwest::blocking::get(f.http("/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
     assert!(metrics.contains("kirq_fallback_active 1"), "{metrics}");
     let log = std::fs::read_to_string(f.path("kirqd.log")).unwrap();
-    assert!(log.contains("ALERT: no hub has answered"), "the fallback must be loud:\n{log}");
+    assert!(
+        log.contains("ALERT: no hub has answered"),
+        "the fallback must be loud:\n{log}"
+    );
 
-    let accepted_before = get_json(&f.http("/api/rng/stats"))["packets_accepted"].as_u64().unwrap();
+    let accepted_before = get_json(&f.http("/api/rng/stats"))["packets_accepted"]
+        .as_u64()
+        .unwrap();
     let _h2 = hub(&f, &f.hub_config(false), &[]);
     wait_for(Duration::from_secs(15), "recovery from fallback", || {
         get_json(&f.http("/api/rng/health"))["fallback_active"] == false
@@ -217,7 +271,11 @@ fn fallback_engages_when_the_hub_stops_and_recovers_when_it_returns() {
 fn no_secret_reaches_the_logs_at_trace_level() {
     let f = Fleet::new();
     let trace = [("RUST_LOG", "trace")];
-    let mut d = kirqd(&f, &f.daemon_config(true, "[fallback]\nenabled = false"), &trace);
+    let mut d = kirqd(
+        &f,
+        &f.daemon_config(true, "[fallback]\nenabled = false"),
+        &trace,
+    );
     let mut h = hub(&f, &f.hub_config(true), &trace);
     wait_for(Duration::from_secs(20), "packets admitted", || {
         get_json(&f.http("/api/rng/stats"))["packets_accepted"].as_u64() > Some(2)
@@ -225,8 +283,7 @@ fn no_secret_reaches_the_logs_at_trace_level() {
     let mut served = Vec::new();
     for i in 0..40 {
         let enc = if i % 2 == 0 { "hex" } else { "base64" };
-        let (status, body) =
-            random(&f, serde_json::json!({ "num_bytes": 48, "encoding": enc }));
+        let (status, body) = random(&f, serde_json::json!({ "num_bytes": 48, "encoding": enc }));
         assert_eq!(status, 200, "{body}");
         served.push(body["random_data"].as_str().unwrap().to_owned());
     }
@@ -244,7 +301,10 @@ fn no_secret_reaches_the_logs_at_trace_level() {
     d.terminate();
     h.terminate();
     let logs = format!("{}\n{}", d.log_text(), h.log_text());
-    assert!(logs.len() > 10_000, "trace logging produced too little to be a real check");
+    assert!(
+        logs.len() > 10_000,
+        "trace logging produced too little to be a real check"
+    );
     let lower = logs.to_lowercase();
     let mut needles: Vec<String> = Vec::new();
     for s in &served {
@@ -258,7 +318,10 @@ fn no_secret_reaches_the_logs_at_trace_level() {
     }
     for file in ["hub-signing.key", "hub-1.key", "kirqd-1.key"] {
         let text = std::fs::read_to_string(f.path(file)).unwrap();
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.starts_with("-----")) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with("-----"))
+        {
             let body = line.split(':').next_back().unwrap_or(line);
             for i in (0..body.len().saturating_sub(24)).step_by(24) {
                 needles.push(body[i..i + 24].to_owned());

@@ -15,7 +15,11 @@ struct Daemon {
 impl Daemon {
     fn start() -> Self {
         let f = Fleet::new();
-        let p = kirqd(&f, &f.daemon_config(false, "[fallback]\nenabled = false"), &[]);
+        let p = kirqd(
+            &f,
+            &f.daemon_config(false, "[fallback]\nenabled = false"),
+            &[],
+        );
         let client = f.hub_client();
         Self { f, _p: p, client }
     }
@@ -41,11 +45,16 @@ impl Daemon {
     }
 
     fn rejected(&self, reason: &str) -> u64 {
-        get_json(&self.f.http("/api/rng/stats"))["packets_rejected"][reason].as_u64().unwrap()
+        get_json(&self.f.http("/api/rng/stats"))["packets_rejected"][reason]
+            .as_u64()
+            .unwrap()
     }
 
     fn metric(&self, reason: &str) -> String {
-        let m = reqwest::blocking::get(self.f.http("/metrics")).unwrap().text().unwrap();
+        let m = reqwest::blocking::get(self.f.http("/metrics"))
+            .unwrap()
+            .text()
+            .unwrap();
         let prefix = format!("kirq_packets_rejected_total{{reason=\"{reason}\"}} ");
         m.lines()
             .find_map(|l| l.strip_prefix(prefix.as_str()))
@@ -61,8 +70,16 @@ impl Daemon {
         assert_eq!(s, status, "{reason}: {resp}");
         assert_eq!(resp["reason"], reason, "{resp}");
         assert!(resp["error"].as_str().is_some_and(|e| !e.is_empty()));
-        assert_eq!(self.rejected(reason), count + 1, "{reason} counted once in stats");
-        assert_eq!(self.metric(reason), (count + 1).to_string(), "{reason} counted in metrics");
+        assert_eq!(
+            self.rejected(reason),
+            count + 1,
+            "{reason} counted once in stats"
+        );
+        assert_eq!(
+            self.metric(reason),
+            (count + 1).to_string(),
+            "{reason} counted in metrics"
+        );
         assert_eq!(self.pool(), before, "{reason}: pool must not change");
     }
 }
@@ -84,14 +101,18 @@ fn bad_signature() {
 fn unknown_key() {
     let d = Daemon::start();
     let stranger = SigningKey::generate();
-    let pkt = packet_for(&stranger, DAEMON_ID, 1024).encode_signed(&stranger).to_vec();
+    let pkt = packet_for(&stranger, DAEMON_ID, 1024)
+        .encode_signed(&stranger)
+        .to_vec();
     d.expect_reject(pkt, 400, "unknown_key");
 }
 
 #[test]
 fn wrong_recipient() {
     let d = Daemon::start();
-    let pkt = packet_for(&d.f.key, "kirqd-2", 1024).encode_signed(&d.f.key).to_vec();
+    let pkt = packet_for(&d.f.key, "kirqd-2", 1024)
+        .encode_signed(&d.f.key)
+        .to_vec();
     d.expect_reject(pkt, 400, "wrong_recipient");
 }
 
@@ -182,7 +203,10 @@ fn no_client_certificate_is_refused_in_the_handshake() {
         .header("X-Quantum-Transport", "v1")
         .body(signed(&d.f, &d.f.packet(1024)))
         .send();
-    assert!(r.is_err(), "a client without a certificate must not get an HTTP answer");
+    assert!(
+        r.is_err(),
+        "a client without a certificate must not get an HTTP answer"
+    );
     let stats = get_json(&d.f.http("/api/rng/stats"));
     assert_eq!(stats["tls_handshake_failures"], 1, "{stats}");
     assert_eq!(d.pool(), before);

@@ -51,7 +51,9 @@ async fn server(server_cfg: Arc<rustls::ServerConfig>) -> u16 {
 
 /// Handshakes with `client_cfg`; returns the negotiated group name or the error text.
 async fn handshake(port: u16, client_cfg: rustls::ClientConfig) -> Result<String, String> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     let conn = tokio_rustls::TlsConnector::from(Arc::new(client_cfg));
     let mut tls = conn
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
@@ -70,7 +72,10 @@ async fn handshake(port: u16, client_cfg: rustls::ClientConfig) -> Result<String
     }
     let (_, c) = tls.get_ref();
     assert_eq!(c.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
-    Ok(format!("{:?}", c.negotiated_key_exchange_group().unwrap().name()))
+    Ok(format!(
+        "{:?}",
+        c.negotiated_key_exchange_group().unwrap().name()
+    ))
 }
 
 #[tokio::test]
@@ -107,12 +112,18 @@ async fn client_certificate_is_required_and_from_the_right_ca() {
         .unwrap()
         .with_root_certificates(tls::roots(&s.server_ca).unwrap())
         .with_no_client_auth();
-    assert!(handshake(port, anon).await.is_err(), "no client certificate");
+    assert!(
+        handshake(port, anon).await.is_err(),
+        "no client certificate"
+    );
     // A certificate from the daemon CA (not the hub CA) is refused too.
     let other = Ca::new("rogue").unwrap().issue("hub-1", &[]).unwrap();
     let rogue = Identity::from_pem(&other.cert_pem, &other.key_pem).unwrap();
     let c = tls::client_config(&rogue, &s.server_ca, false).unwrap();
-    assert!(handshake(port, c).await.is_err(), "certificate from an untrusted CA");
+    assert!(
+        handshake(port, c).await.is_err(),
+        "certificate from an untrusted CA"
+    );
 }
 
 #[tokio::test]

@@ -47,11 +47,27 @@ fn validation_names_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         ("id = \"kirqd-1\"", "id = \"bad id\"", "id"),
-        ("url = \"https://hub.example:8444\"", "url = \"http://hub\"", "hubs.url"),
-        ("[[hubs]]", "[pool]\nlow_watermark_bytes = 99999999\n[[hubs]]", "pool.low_watermark_bytes"),
-        ("[[hubs]]", "[fallback]\nafter_secs = 0\n[[hubs]]", "fallback.after_secs"),
+        (
+            "url = \"https://hub.example:8444\"",
+            "url = \"http://hub\"",
+            "hubs.url",
+        ),
+        (
+            "[[hubs]]",
+            "[pool]\nlow_watermark_bytes = 99999999\n[[hubs]]",
+            "pool.low_watermark_bytes",
+        ),
+        (
+            "[[hubs]]",
+            "[fallback]\nafter_secs = 0\n[[hubs]]",
+            "fallback.after_secs",
+        ),
         ("[[hubs]]", "[http]\nallow = []\n[[hubs]]", "http.allow"),
-        ("hub_keys = [\"hub.pub\"]", "hub_keys = []", "trust.hub_keys"),
+        (
+            "hub_keys = [\"hub.pub\"]",
+            "hub_keys = []",
+            "trust.hub_keys",
+        ),
     ];
     for (from, to, key) in cases {
         let text = DAEMON.replace(from, to);
@@ -85,11 +101,17 @@ type = "local"
     let dup = format!("{text}\n[[daemons]]\nid = \"kirqd-1\"\n");
     assert!(matches!(
         HubConfig::load(&write(dir.path(), &dup)),
-        Err(ConfigError::Invalid { key: "daemons.id", .. })
+        Err(ConfigError::Invalid {
+            key: "daemons.id",
+            ..
+        })
     ));
     let big = text.replace("listen =", "packet_bytes = 99999999\nlisten =");
     assert!(matches!(
         HubConfig::load(&write(dir.path(), &big)),
-        Err(ConfigError::Invalid { key: "packet_bytes", .. })
+        Err(ConfigError::Invalid {
+            key: "packet_bytes",
+            ..
+        })
     ));
 }

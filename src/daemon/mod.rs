@@ -87,7 +87,10 @@ pub async fn start(
     };
 
     if !cfg.hubs.is_empty() {
-        tasks.push(tokio::spawn(state::refill_task(daemon.clone(), client.clone())));
+        tasks.push(tokio::spawn(state::refill_task(
+            daemon.clone(),
+            client.clone(),
+        )));
         tasks.push(tokio::spawn(state::probe_task(daemon.clone(), client)));
     }
     tasks.push(tokio::spawn(state::fallback_task(daemon.clone())));

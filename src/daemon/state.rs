@@ -190,16 +190,23 @@ impl Daemon {
         out
     }
 
+    /// Records the outcome of talking to hub `i`, logging only changes of state.
     fn set_hub(&self, i: usize, result: Result<(), String>) {
         let mut hubs = lock(&self.hubs);
         let h = &mut hubs[i];
         match result {
             Ok(()) => {
+                if !h.reachable {
+                    tracing::info!(hub = %h.url, "hub reachable");
+                }
                 h.reachable = true;
                 h.last_answer = Some(Instant::now());
                 h.last_error = None;
             }
             Err(e) => {
+                if h.reachable || h.last_error.is_none() {
+                    tracing::warn!(hub = %h.url, error = %e, "hub unreachable");
+                }
                 h.reachable = false;
                 h.last_error = Some(e);
             }
@@ -278,10 +285,7 @@ pub(super) async fn refill_task(d: Arc<Daemon>, client: reqwest::Client) {
                     tracing::debug!(hub = i, admitted = n, "refill done");
                     break;
                 }
-                Err(e) => {
-                    tracing::warn!(hub = %d.cfg.hubs[i].url, error = %e, "refill from hub failed");
-                    d.set_hub(i, Err(e));
-                }
+                Err(e) => d.set_hub(i, Err(e)),
             }
         }
     }

@@ -318,7 +318,7 @@ impl Pool {
             }
             debug_assert_eq!(filled, n);
             inner.total -= n;
-            below_watermark = inner.total < self.low_watermark;
+            below_watermark = inner.total - inner.fallback < self.low_watermark;
         }
         self.served
             .fetch_add(by.iter().sum::<usize>() as u64, Ordering::Relaxed);
@@ -333,8 +333,11 @@ impl Pool {
         self.refill.notified().await
     }
 
+    /// True when the hub-delivered bytes are below the low watermark. Fallback bytes do not
+    /// count, so a daemon serving local entropy keeps asking hubs for better.
     pub fn below_low_watermark(&self) -> bool {
-        self.len() < self.low_watermark
+        let g = self.lock();
+        g.total - g.fallback < self.low_watermark
     }
 
     /// Resolves after the next admission (for blocking readers).

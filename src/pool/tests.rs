@@ -26,7 +26,11 @@ impl Fixture {
             },
             vec![key.verifying_key().clone()],
         );
-        Self { key, verifier, seq: 0 }
+        Self {
+            key,
+            verifier,
+            seq: 0,
+        }
     }
 
     fn packet(&mut self, n: usize, kind: SourceKind) -> VerifiedPacket {
@@ -54,7 +58,9 @@ impl Fixture {
             proof: vec![],
             signature: vec![],
         };
-        self.verifier.verify(&p.encode_signed(&self.key), now).unwrap()
+        self.verifier
+            .verify(&p.encode_signed(&self.key), now)
+            .unwrap()
     }
 }
 
@@ -86,14 +92,20 @@ fn concurrent_consumers_get_each_byte_once() {
             })
         })
         .collect();
-    let outputs: Vec<Vec<u8>> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let outputs: Vec<Vec<u8>> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
     let served: usize = outputs.iter().map(Vec::len).sum();
     assert_eq!(served, admitted, "every admitted byte served exactly once");
     assert_eq!(pool.snapshot().served_bytes_total, admitted as u64);
     let mut windows = HashSet::new();
     for o in &outputs {
         for w in o.windows(16) {
-            assert!(windows.insert(w.to_vec()), "a 16-byte window was served twice");
+            assert!(
+                windows.insert(w.to_vec()),
+                "a 16-byte window was served twice"
+            );
         }
     }
 }
@@ -105,12 +117,19 @@ fn exact_take_is_all_or_nothing() {
     pool.admit(f.packet(100, SourceKind::Qrng)).unwrap();
     assert_eq!(
         pool.take(101, Want::Any).unwrap_err(),
-        PoolError::Insufficient { available: 100, wanted: 101 }
+        PoolError::Insufficient {
+            available: 100,
+            wanted: 101
+        }
     );
     assert_eq!(pool.len(), 100, "a refused request consumes nothing");
     let mut buf = [0u8; 150];
     let by = pool.take_into(&mut buf, Want::Any, false).unwrap();
-    assert_eq!(by.iter().sum::<usize>(), 100, "a device read takes what there is");
+    assert_eq!(
+        by.iter().sum::<usize>(),
+        100,
+        "a device read takes what there is"
+    );
     assert!(pool.is_empty());
 }
 
@@ -156,11 +175,18 @@ fn capacity_is_a_hard_bound() {
     pool.admit(f.packet(800, SourceKind::Hsm)).unwrap();
     assert_eq!(
         pool.admit(f.packet(300, SourceKind::Hsm)).unwrap_err(),
-        PoolError::Full { free: 200, wanted: 300 }
+        PoolError::Full {
+            free: 200,
+            wanted: 300
+        }
     );
     assert_eq!(pool.len(), 800);
     let mut h = SourceHealth::new(30, 8.0, Duration::from_secs(1));
-    assert_eq!(pool.fill_local(500, &mut h).unwrap(), 200, "fallback fills only the free room");
+    assert_eq!(
+        pool.fill_local(500, &mut h).unwrap(),
+        200,
+        "fallback fills only the free room"
+    );
 }
 
 #[test]
@@ -168,7 +194,10 @@ fn debug_shows_no_bytes() {
     let mut f = Fixture::new();
     let pool = Pool::new(1 << 20, 0);
     pool.admit(f.packet(64, SourceKind::Qrng)).unwrap();
-    assert_eq!(format!("{pool:?}"), "Pool { capacity: 1048576, len: 64, .. }");
+    assert_eq!(
+        format!("{pool:?}"),
+        "Pool { capacity: 1048576, len: 64, .. }"
+    );
 }
 
 #[test]
@@ -177,5 +206,8 @@ fn hybrid_class() {
         Provenance::of_sources([SourceKind::Qrng, SourceKind::Hsm]),
         Provenance::Hybrid
     );
-    assert_eq!(Provenance::of_sources([SourceKind::Hsm, SourceKind::Hsm]), Provenance::Hsm);
+    assert_eq!(
+        Provenance::of_sources([SourceKind::Hsm, SourceKind::Hsm]),
+        Provenance::Hsm
+    );
 }

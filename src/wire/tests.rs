@@ -62,10 +62,17 @@ fn valid_vectors_verify_and_round_trip() {
     for t in &v.valid {
         let bytes = hex::decode(&t.packet).unwrap();
         let d = Packet::decode(&bytes).unwrap_or_else(|e| panic!("{}: {e}", t.name));
-        assert_eq!(hex::encode(d.packet.entropy.expose()), t.entropy, "{}", t.name);
+        assert_eq!(
+            hex::encode(d.packet.entropy.expose()),
+            t.entropy,
+            "{}",
+            t.name
+        );
         // Canonical: re-encoding the decoded fields gives the same signed prefix.
         assert_eq!(&d.packet.encode_unsigned()[..], d.signed, "{}", t.name);
-        let ok = verifier.verify(&bytes, v.now_ms).unwrap_or_else(|e| panic!("{}: {e}", t.name));
+        let ok = verifier
+            .verify(&bytes, v.now_ms)
+            .unwrap_or_else(|e| panic!("{}: {e}", t.name));
         assert_eq!(ok.class().as_str(), t.provenance, "{}", t.name);
         // The same bytes again are a replay.
         let again = verifier.verify(&bytes, v.now_ms).unwrap_err();
@@ -94,24 +101,54 @@ fn distinct_decode_variants() {
         let t = v.invalid.iter().find(|t| t.name == name).unwrap();
         Packet::decode(&hex::decode(&t.packet).unwrap()).unwrap_err()
     };
-    assert!(matches!(find("unknown version 2"), DecodeError::UnknownVersion(2)));
-    assert!(matches!(find("one trailing byte"), DecodeError::TrailingBytes(1)));
-    assert!(matches!(find("truncated in the entropy"), DecodeError::Truncated("entropy")));
-    assert!(matches!(find("truncated in the signature"), DecodeError::Truncated("signature")));
-    assert!(matches!(find("17 sources"), DecodeError::CountOutOfRange { field: "n_sources", .. }));
+    assert!(matches!(
+        find("unknown version 2"),
+        DecodeError::UnknownVersion(2)
+    ));
+    assert!(matches!(
+        find("one trailing byte"),
+        DecodeError::TrailingBytes(1)
+    ));
+    assert!(matches!(
+        find("truncated in the entropy"),
+        DecodeError::Truncated("entropy")
+    ));
+    assert!(matches!(
+        find("truncated in the signature"),
+        DecodeError::Truncated("signature")
+    ));
+    assert!(matches!(
+        find("17 sources"),
+        DecodeError::CountOutOfRange {
+            field: "n_sources",
+            ..
+        }
+    ));
     assert!(matches!(
         find("entropy length 2 MiB declared"),
-        DecodeError::LengthOutOfRange { field: "entropy", .. }
+        DecodeError::LengthOutOfRange {
+            field: "entropy",
+            ..
+        }
     ));
-    assert!(matches!(find("lifetime over 60 s"), DecodeError::LifetimeOutOfRange));
-    assert!(matches!(find("unknown source kind"), DecodeError::UnknownSourceKind(9)));
+    assert!(matches!(
+        find("lifetime over 60 s"),
+        DecodeError::LifetimeOutOfRange
+    ));
+    assert!(matches!(
+        find("unknown source kind"),
+        DecodeError::UnknownSourceKind(9)
+    ));
     assert!(matches!(find("bad magic"), DecodeError::BadMagic));
 }
 
 #[test]
 fn oversize_input_is_refused_before_parsing() {
     let big = vec![0u8; MAX_PACKET_BYTES + 1];
-    assert!(matches!(Packet::decode(&big), Err(DecodeError::TooLarge { .. })));
+    assert!(matches!(
+        Packet::decode(&big),
+        Err(DecodeError::TooLarge { .. })
+    ));
 }
 
 #[test]
@@ -119,7 +156,10 @@ fn every_prefix_of_a_valid_packet_is_rejected_without_panic() {
     let (v, _) = vectors();
     let bytes = hex::decode(&v.valid[0].packet).unwrap();
     for cut in 0..bytes.len() {
-        assert!(Packet::decode(&bytes[..cut]).is_err(), "prefix of {cut} bytes decoded");
+        assert!(
+            Packet::decode(&bytes[..cut]).is_err(),
+            "prefix of {cut} bytes decoded"
+        );
     }
 }
 

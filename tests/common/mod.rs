@@ -165,11 +165,16 @@ impl Proc {
     pub fn spawn(bin: &str, args: &[&str], log: &Path, env: &[(&str, &str)]) -> Self {
         let err = std::fs::File::create(log).unwrap();
         let mut cmd = Command::new(bin);
-        cmd.args(args).stdout(Stdio::null()).stderr(err).env_remove("RUST_LOG");
+        cmd.args(args)
+            .stdout(Stdio::null())
+            .stderr(err)
+            .env_remove("RUST_LOG");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
         Self {
             child,
             log: log.to_owned(),
@@ -178,7 +183,10 @@ impl Proc {
 
     pub fn log_text(&self) -> String {
         let mut s = String::new();
-        std::fs::File::open(&self.log).unwrap().read_to_string(&mut s).unwrap();
+        std::fs::File::open(&self.log)
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         s
     }
 
@@ -238,7 +246,10 @@ pub fn hub(fleet: &Fleet, config: &Path, env: &[(&str, &str)]) -> Proc {
 pub fn wait_for(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !ok() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
