@@ -10,6 +10,7 @@
 //! [`verify::VerifiedPacket`], a value only [`verify::Verifier`] can construct, so entropy that
 //! skipped a check cannot reach a consumer.
 #![deny(unsafe_code)]
+#![warn(clippy::unwrap_used)]
 
 pub mod config;
 pub mod crypto;

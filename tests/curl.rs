@@ -23,7 +23,7 @@ fn curl_with_and_without_a_client_certificate() {
         &[],
     );
     let pkt_path = f.path("packet.bin");
-    std::fs::write(&pkt_path, f.packet(2048).encode_signed(&f.key).to_vec()).unwrap();
+    std::fs::write(&pkt_path, &*f.packet(2048).encode_signed(&f.key)).unwrap();
     let url = f.receive_url();
     let base = |c: &mut Command| {
         c.args(["-sS", "--max-time", "10", "--cacert"])
