@@ -106,6 +106,35 @@ fn main() {
         let total = size * count;
         let base = baseline(total, size);
         let base_mbs = total as f64 / base.as_secs_f64() / 1e6;
+        let t0 = Instant::now();
+        for p in pkts.iter() {
+            std::hint::black_box(Packet::decode(p).unwrap());
+        }
+        let decode = t0.elapsed();
+        let t0 = Instant::now();
+        let tester = kirq::health::HealthTester::new(30, 8.0);
+        for p in pkts.iter() {
+            let d = Packet::decode(p).unwrap();
+            tester.clone().feed(d.packet.entropy.expose()).unwrap();
+        }
+        let health = t0.elapsed().saturating_sub(decode);
+        let sig_us = {
+            let d = Packet::decode(&pkts[0]).unwrap();
+            let vk = key.verifying_key();
+            let t0 = Instant::now();
+            for _ in 0..200 {
+                std::hint::black_box(
+                    vk.verify(&kirq::wire::signing_digest(d.signed), &d.packet.signature),
+                );
+            }
+            t0.elapsed().as_secs_f64() * 1e6 / 200.0
+        };
+        println!(
+            "  per packet: decode {:.0} us, health tests {:.0} us, prehash + Falcon verify {:.0} us",
+            decode.as_secs_f64() * 1e6 / count as f64,
+            health.as_secs_f64() * 1e6 / count as f64,
+            sig_us
+        );
         for threads in [1, cores] {
             let el = run(&key, &pkts, threads);
             let mbs = total as f64 / el.as_secs_f64() / 1e6;

@@ -42,7 +42,7 @@ fn signed(p: &Packet, k: &SigningKey) -> Vec<u8> {
 
 /// Re-signs a hand-modified unsigned prefix so only the modification is wrong.
 fn resign(mut unsigned: Vec<u8>, k: &SigningKey) -> Vec<u8> {
-    let sig = k.sign(&unsigned);
+    let sig = k.sign(&kirq::wire::signing_digest(&unsigned));
     unsigned.extend_from_slice(&(sig.len() as u16).to_be_bytes());
     unsigned.extend_from_slice(&sig);
     unsigned

@@ -233,7 +233,7 @@ impl Verifier {
             .get(&pkt.key_id)
             .cloned()
             .ok_or(Reject::UnknownKey(pkt.key_id))?;
-        if !key.verify(decoded.signed, &pkt.signature) {
+        if !key.verify(&crate::wire::signing_digest(decoded.signed), &pkt.signature) {
             return Err(Reject::BadSignature);
         }
         match pkt.proof_alg {

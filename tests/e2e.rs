@@ -97,6 +97,18 @@ fn bad_requests_name_the_field_and_cost_nothing() {
             "{body} -> {resp}"
         );
     }
+    let big = format!("{{\"num_bytes\": 8, \"pad\": \"{}\"}}", "x".repeat(5000));
+    let r = reqwest::blocking::Client::new()
+        .post(f.http("/api/rng/random"))
+        .body(big)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let v: serde_json::Value = r.json().unwrap();
+    assert!(
+        v["error"].as_str().unwrap().contains("max_request_bytes"),
+        "{v}"
+    );
     let (status, _) = random(&f, serde_json::json!({ "num_bytes": 8, "source": "hsm" }));
     assert_eq!(status, 503, "no hsm bytes in the pool");
     // A request larger than the pool: 503 with Retry-After, nothing consumed.

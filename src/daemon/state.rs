@@ -235,15 +235,21 @@ impl Daemon {
         }
         // Bounded read: at most MAX_PACKETS_PER_PULL packets of the largest size.
         let limit = crate::hub::MAX_PACKETS_PER_PULL * (crate::wire::MAX_PACKET_BYTES + 4);
-        if resp.content_length().is_some_and(|l| l as usize > limit) {
+        if resp.content_length().is_some_and(|l| l > limit as u64) {
             return Err("refill answer too large".into());
         }
-        let body = zeroize::Zeroizing::new(
-            resp.bytes()
-                .await
-                .map_err(|e| format!("reading refill: {e}"))?
-                .to_vec(),
-        );
+        let mut body = zeroize::Zeroizing::new(Vec::new());
+        let mut resp = resp;
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| format!("reading refill: {e}"))?
+        {
+            if body.len() + chunk.len() > limit {
+                return Err("refill answer too large".into());
+            }
+            body.extend_from_slice(&chunk);
+        }
         self.touch_hub();
         let mut rest: &[u8] = &body;
         let mut admitted = 0;

@@ -78,11 +78,10 @@ pub fn app(d: Arc<Daemon>) -> Router {
 
 /// `POST /api/rng/receive`, for the mutual-TLS listener only.
 pub fn receive_router(d: Arc<Daemon>) -> Router {
-    let limit = d.cfg.receive.max_body_bytes;
+    // Handlers read their bodies with their own limits (and answer 413 in JSON, counted).
     Router::new()
         .route("/api/rng/receive", post(rng::receive))
         .fallback(not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(d)
 }
 

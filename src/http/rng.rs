@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -86,8 +86,18 @@ fn bad_source() -> ApiError {
 }
 
 /// `POST /api/rng/random`.
-pub async fn random(State(d): State<Arc<Daemon>>, body: Bytes) -> Response {
-    let req = match parse_random(&body) {
+pub async fn random(State(d): State<Arc<Daemon>>, body: Body) -> Response {
+    let limit = d.cfg.http.max_request_bytes;
+    let parsed = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => parse_random(&b),
+        Err(_) => Err(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("request body exceeds {limit} bytes (http.max_request_bytes)"),
+            reason: None,
+            retry_after: None,
+        }),
+    };
+    let req = match parsed {
         Ok(r) => r,
         Err(e) => {
             d.metrics.request(Consumer::Http.as_str(), "bad_request");

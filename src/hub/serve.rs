@@ -97,6 +97,7 @@ pub async fn start(cfg: HubConfig, key: SigningKey) -> anyhow::Result<RunningHub
     let pull_addr = listener.local_addr()?;
     let pull_router = Router::new()
         .route("/api/hub/refill", post(refill))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_PULL_BODY))
         .with_state(state.clone());
     tasks.push(tokio::spawn(tls::serve_mtls(
         listener,

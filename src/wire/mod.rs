@@ -10,8 +10,13 @@
 //! n_sources u8 (1..=16), each: kind u8 | id_len u8 (1..=64) | id | byte_count u32 | commitment [32]
 //! entropy_len u32 (1..=1 MiB) | entropy
 //! proof_len u32 (0 when proof_alg = 0, else 1..=512 KiB) | proof
-//! sig_len u16 (1..=752) | Falcon-512 signature over every byte before sig_len
+//! sig_len u16 (1..=752) | Falcon-512 signature over every byte before sig_len (see below)
 //! ```
+//!
+//! The signature covers every byte before `sig_len` through a prehash: Falcon-512 signs the
+//! 32-byte [`signing_digest`], a domain-tagged SHA3-256 of those bytes. Falcon hashes its message
+//! with PQClean's reference SHAKE256, which cost 443 us for a 64 KiB packet here against 89 us for
+//! 4 KiB; the prehash makes the signature's cost independent of the packet size.
 //!
 //! Every length is checked against its bound before anything is allocated, and trailing bytes are
 //! an error. Decoding checks structure only; [`crate::verify`] checks meaning (recipient, time,
@@ -123,6 +128,11 @@ fn valid_name(s: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// What Falcon-512 signs for a packet: a tagged SHA3-256 of its bytes before `sig_len`.
+pub fn signing_digest(signed_prefix: &[u8]) -> [u8; 32] {
+    crate::crypto::tagged_hash("kirq/packet-signature/v1", &[signed_prefix])
+}
+
 /// True when `s` may be used as a recipient or source id.
 pub fn is_valid_id(s: &str) -> bool {
     s.len() <= MAX_RECIPIENT_LEN && valid_name(s.as_bytes())
@@ -231,7 +241,7 @@ impl Packet {
     /// encoding itself always follows the layout. The result holds entropy: it is zeroed on drop.
     pub fn encode_signed(&self, key: &SigningKey) -> zeroize::Zeroizing<Vec<u8>> {
         let mut out = self.encode_unsigned();
-        let sig = key.sign(&out);
+        let sig = key.sign(&signing_digest(&out));
         let mut w = Writer(&mut out);
         w.u16(sig.len() as u16);
         w.bytes(&sig);
