@@ -91,6 +91,9 @@ fn pct(l: &[Duration], p: f64) -> f64 {
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let dur = Duration::from_secs(if quick { 1 } else { 5 });
+    if quick {
+        println!("(smoke run from cargo test: numbers are meaningless; run cargo bench)");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -94,6 +94,9 @@ fn main() {
     // `cargo test --benches` runs benches once with --bench absent: keep that fast.
     let quick = !std::env::args().any(|a| a == "--bench");
     let key = SigningKey::generate();
+    if quick {
+        println!("(smoke run from cargo test: numbers are meaningless; run cargo bench)");
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("packet verification vs getrandom (same run, {cores} cores)");
     println!(
