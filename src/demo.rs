@@ -79,6 +79,7 @@ pub fn configs(dir: &Path, http: Option<SocketAddr>) -> anyhow::Result<(HubConfi
             ..HttpConfig::default()
         },
         health: HealthConfig::default(),
+        persist: Default::default(),
     };
     hub.validate()?;
     daemon.validate()?;
@@ -133,7 +134,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     crate::daemon::shutdown_signal().await;
     println!("stopping; unserved entropy is discarded");
     reporter.abort();
-    daemon.stop();
+    daemon.shutdown().await?;
     hub.stop();
     Ok(())
 }

@@ -37,9 +37,24 @@ impl SecretBytes {
         &mut self.0
     }
 
+    /// Appends `bytes`. Reserve first: a reallocation would leave an unzeroed copy behind.
+    pub fn extend(&mut self, bytes: &[u8]) {
+        debug_assert!(
+            self.0.capacity() - self.0.len() >= bytes.len(),
+            "reserve first"
+        );
+        self.0.extend_from_slice(bytes);
+    }
+
     /// Zeroes the contents now (they are zeroed again on drop).
     pub fn wipe(&mut self) {
         self.0.zeroize();
+    }
+}
+
+impl Default for SecretBytes {
+    fn default() -> Self {
+        Self::new(Vec::new())
     }
 }
 

@@ -23,6 +23,29 @@ pub struct DaemonConfig {
     pub http: HttpConfig,
     #[serde(default)]
     pub health: HealthConfig,
+    #[serde(default)]
+    pub persist: PersistConfig,
+}
+
+/// Keeping unserved bytes across a clean restart (AES-256-GCM at rest).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistConfig {
+    /// Sealed pool file, e.g. `/var/lib/kirq/pool.sealed`; unset = unserved bytes are discarded.
+    pub state_file: Option<PathBuf>,
+    /// 32-byte key (raw or 64 hex characters, mode 0600). Unset: the systemd credential
+    /// `$CREDENTIALS_DIRECTORY/pool-key`.
+    pub key_file: Option<PathBuf>,
+}
+
+impl PersistConfig {
+    /// The key file to use, if persistence is on.
+    pub fn key_path(&self) -> Option<PathBuf> {
+        self.state_file.as_ref()?;
+        self.key_file.clone().or_else(|| {
+            std::env::var_os("CREDENTIALS_DIRECTORY").map(|d| PathBuf::from(d).join("pool-key"))
+        })
+    }
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -169,8 +192,21 @@ impl DaemonConfig {
         resolve(base, &mut c.receive.cert);
         resolve(base, &mut c.receive.key);
         resolve(base, &mut c.receive.hub_ca);
+        if let Some(p) = &mut c.persist.state_file {
+            resolve(base, p);
+        }
+        if let Some(p) = &mut c.persist.key_file {
+            resolve(base, p);
+        }
         c.validate()?;
         Ok(c)
+    }
+
+    /// This config with the trusted key list cleared (to compare what a reload cannot apply).
+    pub fn without_keys(&self) -> Self {
+        let mut c = self.clone();
+        c.trust.hub_keys.clear();
+        c
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -240,6 +276,12 @@ impl DaemonConfig {
         }
         if !(256..=1 << 20).contains(&h.max_request_bytes) {
             return Err(invalid("http.max_request_bytes", "must be 256..=1048576"));
+        }
+        if self.persist.state_file.is_some() && self.persist.key_path().is_none() {
+            return Err(invalid(
+                "persist.key_file",
+                "required with persist.state_file (or run under systemd with LoadCredential=pool-key)",
+            ));
         }
         check_health(&self.health)
     }

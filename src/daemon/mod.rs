@@ -17,15 +17,23 @@ use std::time::Duration;
 
 use crate::config::DaemonConfig;
 use crate::crypto::falcon::VerifyingKey;
+use crate::pool::persist::{PoolKey, SealedFile};
 use crate::tls::{self, Identity};
 
-/// A started daemon. Call [`RunningDaemon::stop`] to end its tasks.
+/// How long a stopping daemon waits for in-flight HTTP requests.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A started daemon. Call [`RunningDaemon::stop`] to end its tasks, or
+/// [`RunningDaemon::shutdown`] for a clean stop that seals the pool.
 #[derive(Debug)]
 pub struct RunningDaemon {
     pub daemon: Arc<Daemon>,
     pub receive_addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    http_task: Option<tokio::task::JoinHandle<()>>,
+    stop_http: tokio::sync::watch::Sender<bool>,
+    sealed: Option<(SealedFile, PoolKey)>,
 }
 
 impl RunningDaemon {
@@ -33,7 +41,59 @@ impl RunningDaemon {
         for t in self.tasks {
             t.abort();
         }
+        if let Some(t) = self.http_task {
+            t.abort();
+        }
     }
+
+    /// Stops accepting packets and requests, lets in-flight requests finish (at most
+    /// [`SHUTDOWN_GRACE`]), then seals the unserved bytes if `[persist]` is configured. Returns
+    /// the number of bytes sealed.
+    pub async fn shutdown(mut self) -> anyhow::Result<usize> {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        let _ = self.stop_http.send(true);
+        if let Some(t) = self.http_task.take() {
+            if tokio::time::timeout(SHUTDOWN_GRACE, t).await.is_err() {
+                tracing::warn!("in-flight HTTP requests did not finish in {SHUTDOWN_GRACE:?}");
+            }
+        }
+        let Some((file, key)) = &self.sealed else {
+            let n = self.daemon.pool.len();
+            tracing::info!(
+                unserved_bytes = n,
+                "no [persist] state_file: unserved entropy discarded"
+            );
+            return Ok(0);
+        };
+        let segments = self.daemon.pool.drain_for_seal();
+        let n = file.save(key, &segments)?;
+        tracing::info!(bytes = n, file = %file.path.display(), "unserved entropy sealed");
+        Ok(n)
+    }
+}
+
+/// Opens the sealed pool (if configured) and restores it into `pool` before anything is served.
+fn restore_sealed(
+    cfg: &DaemonConfig,
+    pool: &crate::pool::Pool,
+) -> anyhow::Result<Option<(SealedFile, PoolKey)>> {
+    let (Some(path), Some(key_path)) = (&cfg.persist.state_file, cfg.persist.key_path()) else {
+        return Ok(None);
+    };
+    let key = PoolKey::load(&key_path)?;
+    let file = SealedFile::new(path.clone());
+    match file.take(&key) {
+        Ok(Some(unsealed)) => {
+            let n = pool.restore(unsealed);
+            tracing::info!(bytes = n, file = %path.display(), "restored sealed entropy; file destroyed");
+        }
+        Ok(None) => tracing::info!(file = %path.display(), "no sealed entropy to restore"),
+        Err(e) if e.is_recoverable() => tracing::error!(error = %e, "sealed pool refused"),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Some((file, key)))
 }
 
 /// Loads every trusted hub key named in the config.
@@ -59,7 +119,9 @@ pub async fn start(
         Duration::from_secs(10),
     );
     let daemon = Arc::new(Daemon::new(cfg.clone(), keys, hardening));
+    let sealed = restore_sealed(&cfg, &daemon.pool)?;
     let mut tasks = Vec::new();
+    let (stop_http, mut stop_rx) = tokio::sync::watch::channel(false);
 
     let listener = tokio::net::TcpListener::bind(cfg.receive.listen).await?;
     let receive_addr = listener.local_addr()?;
@@ -70,20 +132,23 @@ pub async fn start(
         daemon.metrics.clone(),
     )));
 
-    let http_addr = match cfg.http.listen {
+    let (http_addr, http_task) = match cfg.http.listen {
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr).await?;
             let a = l.local_addr()?;
             let app = crate::http::app(daemon.clone());
-            tasks.push(tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 let svc = app.into_make_service_with_connect_info::<SocketAddr>();
-                if let Err(e) = axum::serve(l, svc).await {
+                let stopped = async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(l, svc).with_graceful_shutdown(stopped).await {
                     tracing::error!(error = %e, "HTTP shim failed");
                 }
-            }));
-            Some(a)
+            });
+            (Some(a), Some(task))
         }
-        None => None,
+        None => (None, None),
     };
 
     if !cfg.hubs.is_empty() {
@@ -106,22 +171,50 @@ pub async fn start(
         receive_addr,
         http_addr,
         tasks,
+        http_task,
+        stop_http,
+        sealed,
     })
 }
 
-/// Runs the daemon from a config file until SIGINT/SIGTERM.
+/// Runs the daemon from a config file until SIGINT/SIGTERM; SIGHUP reloads the trusted hub keys.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     let cfg = DaemonConfig::load(config_path)?;
     let hardening = crate::secret::harden_process();
     log_hardening(hardening);
     let d = start(cfg, hardening).await?;
-    shutdown_signal().await;
-    tracing::info!(
-        unserved_bytes = d.daemon.pool.len(),
-        "kirqd stopping; unserved entropy is discarded"
-    );
-    d.stop();
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = shutdown_signal() => break,
+            _ = hup.recv() => reload(config_path, &d.daemon),
+        }
+    }
+    tracing::info!(unserved_bytes = d.daemon.pool.len(), "kirqd stopping");
+    d.shutdown().await?;
     Ok(())
+}
+
+/// SIGHUP: re-reads the config and replaces the trusted hub keys; the pool is kept. Other changed
+/// settings take effect at the next restart (said in the log).
+fn reload(config_path: &Path, d: &Daemon) {
+    let result = DaemonConfig::load(config_path)
+        .map_err(anyhow::Error::from)
+        .and_then(|c| load_trusted_keys(&c).map(|k| (c, k)));
+    match result {
+        Ok((c, keys)) => {
+            let ids: Vec<_> = keys.iter().map(|k| k.id()).collect();
+            d.verifier.set_trusted_keys(keys);
+            tracing::info!(trusted_keys = ?ids, "SIGHUP: trusted hub keys reloaded; pool kept");
+            if format!("{:?}", c.without_keys()) != format!("{:?}", d.cfg.without_keys()) {
+                tracing::warn!("SIGHUP: other config changes need a restart to take effect");
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "SIGHUP: reload failed; keeping the old keys")
+        }
+    }
 }
 
 pub fn log_hardening(h: crate::secret::Hardening) {

@@ -1,7 +1,8 @@
 //! The single-use entropy pool.
 //!
 //! Bytes enter only through [`Pool::admit`], which takes a [`VerifiedPacket`] that only the
-//! verifier can make, or [`Pool::fill_local`], the daemon's own health-tested fallback. Each byte
+//! verifier can make, [`Pool::fill_local`], the daemon's own health-tested fallback, or
+//! [`Pool::restore`], which takes bytes unsealed from the daemon's own authenticated state file. Each byte
 //! leaves exactly once: [`Pool::take`] copies bytes out under one lock and zeroes them in the pool
 //! before the lock is released, so two consumers can never receive the same byte. A request is
 //! served whole or not at all.
@@ -9,6 +10,8 @@
 //! Bytes are kept in one queue per provenance class. A consumer asking for `any` is served from
 //! the best class first (hybrid, decentralized, qrng, hsm, then local), so after a fallback the
 //! daemon returns to hub entropy as soon as a packet arrives.
+
+pub mod persist;
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -255,6 +258,51 @@ impl Pool {
         }
         health.check_block(buf.expose())?;
         Ok(self.push(buf, Provenance::Local, true).unwrap_or(0))
+    }
+
+    /// Removes every unserved byte for sealing at a clean stop (not counted as served): one
+    /// buffer per provenance class, then the fallback bytes.
+    pub fn drain_for_seal(&self) -> [SecretBytes; persist::SEGMENTS] {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let mut out: [SecretBytes; persist::SEGMENTS] = Default::default();
+        let mut sizes = [0usize; persist::SEGMENTS];
+        for (i, q) in inner.queues.iter().enumerate() {
+            for c in q {
+                let seg = if c.fallback { persist::SEGMENTS - 1 } else { i };
+                sizes[seg] += c.data.len() - c.pos;
+            }
+        }
+        for (seg, size) in out.iter_mut().zip(sizes) {
+            *seg = SecretBytes::new(Vec::with_capacity(size));
+        }
+        for (i, q) in inner.queues.iter_mut().enumerate() {
+            for c in q.drain(..) {
+                let seg = if c.fallback { persist::SEGMENTS - 1 } else { i };
+                out[seg].extend(&c.data.expose()[c.pos..]);
+            }
+            inner.by_prov[i] = 0;
+        }
+        inner.total = 0;
+        inner.fallback = 0;
+        out
+    }
+
+    /// Puts back bytes sealed at the last clean stop. Returns the bytes restored (fewer if the
+    /// pool is smaller now; the rest is dropped and zeroed).
+    pub fn restore(&self, unsealed: persist::Unsealed) -> usize {
+        let mut n = 0;
+        for (i, seg) in unsealed.0.into_iter().enumerate() {
+            if seg.is_empty() {
+                continue;
+            }
+            let (class, fallback) = match Provenance::ALL.get(i) {
+                Some(p) => (*p, false),
+                None => (Provenance::Local, true),
+            };
+            n += self.push(seg, class, fallback).unwrap_or(0);
+        }
+        n
     }
 
     /// Takes exactly `n` bytes for one consumer, or nothing.
