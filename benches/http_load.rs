@@ -112,8 +112,7 @@ fn main() {
         // Fill the pool through the real verifier: 240 packets of 64 KiB (15 MiB).
         let fill = if quick { 8 } else { 240 };
         for _ in 0..fill {
-            let mut p = bench_packet(&key, &dcfg.id, 65536);
-            p.sequence = 0;
+            let p = kirq::wire::sample_packet(&key, &dcfg.id, 65536, kirq::wire::SourceKind::Qrng);
             d.receive(&p.encode_signed(&key)).unwrap();
         }
         let kirq_addr = serve(kirq::http::app(d.clone())).await;
@@ -146,30 +145,4 @@ fn main() {
             "each request took exactly 32 pool bytes"
         );
     });
-}
-
-fn bench_packet(key: &kirq::crypto::falcon::SigningKey, to: &str, n: usize) -> kirq::wire::Packet {
-    let mut entropy = kirq::secret::SecretBytes::zeroed(n);
-    getrandom::fill(entropy.expose_mut()).unwrap();
-    let mut nonce = [0; 16];
-    getrandom::fill(&mut nonce).unwrap();
-    let now = kirq::util::now_ms();
-    kirq::wire::Packet {
-        key_id: key.verifying_key().id(),
-        proof_alg: 0,
-        recipient: to.into(),
-        sequence: 0,
-        nonce,
-        issued_at_ms: now,
-        expires_at_ms: now + 60_000,
-        provenance: vec![kirq::wire::SourceEntry {
-            kind: kirq::wire::SourceKind::Qrng,
-            id: "q".into(),
-            byte_count: n as u32,
-            commitment: [0; 32],
-        }],
-        entropy,
-        proof: vec![],
-        signature: vec![],
-    }
 }

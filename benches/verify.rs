@@ -7,38 +7,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kirq::crypto::falcon::SigningKey;
-use kirq::secret::SecretBytes;
 use kirq::verify::{Policy, Verifier};
-use kirq::wire::{Packet, SourceEntry, SourceKind};
+use kirq::wire::{Packet, SourceKind, sample_packet};
 
 fn packets(key: &SigningKey, size: usize, count: usize) -> Vec<Vec<u8>> {
     (0..count)
-        .map(|i| {
-            let mut entropy = SecretBytes::zeroed(size);
-            getrandom::fill(entropy.expose_mut()).unwrap();
-            let mut nonce = [0; 16];
-            getrandom::fill(&mut nonce).unwrap();
-            let now = kirq::util::now_ms();
-            Packet {
-                key_id: key.verifying_key().id(),
-                proof_alg: 0,
-                recipient: "bench".into(),
-                sequence: i as u64,
-                nonce,
-                issued_at_ms: now,
-                expires_at_ms: now + 60_000,
-                provenance: vec![SourceEntry {
-                    kind: SourceKind::Qrng,
-                    id: "q".into(),
-                    byte_count: size as u32,
-                    commitment: [0; 32],
-                }],
-                entropy,
-                proof: vec![],
-                signature: vec![],
-            }
-            .encode_signed(key)
-            .to_vec()
+        .map(|_| {
+            sample_packet(key, "bench", size, SourceKind::Qrng)
+                .encode_signed(key)
+                .to_vec()
         })
         .collect()
 }

@@ -66,15 +66,7 @@ fn bad_requests_name_the_field_and_cost_nothing() {
         &f.daemon_config(false, "[fallback]\nenabled = false"),
         &[],
     );
-    let client = f.hub_client();
-    let pkt = f.packet(4096).encode_signed(&f.key).to_vec();
-    let r = client
-        .post(f.receive_url())
-        .header("X-Quantum-Transport", "v1")
-        .body(pkt)
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    f.feed(1, 4096);
     for (body, field) in [
         (serde_json::json!({}), "num_bytes"),
         (serde_json::json!({ "num_bytes": 0 }), "num_bytes"),
@@ -142,19 +134,8 @@ fn concurrent_consumers_drain_the_pool_each_byte_once() {
         &f.daemon_config(false, "[fallback]\nenabled = false"),
         &[],
     );
-    let client = f.hub_client();
-    let mut admitted = 0u64;
-    for _ in 0..32 {
-        let pkt = f.packet(16 * 1024).encode_signed(&f.key).to_vec();
-        let r = client
-            .post(f.receive_url())
-            .header("X-Quantum-Transport", "v1")
-            .body(pkt)
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        admitted += 16 * 1024;
-    }
+    f.feed(32, 16 * 1024);
+    let admitted = 32 * 16 * 1024u64;
     let threads: Vec<_> = (0..6u64)
         .map(|t| {
             let url = f.http("/api/rng/random");
@@ -302,14 +283,7 @@ fn no_secret_reaches_the_logs_at_trace_level() {
     // Also push one packet by hand so its entropy is known.
     let pkt = f.packet(256);
     let known = hex::encode(pkt.entropy.expose());
-    let r = f
-        .hub_client()
-        .post(f.receive_url())
-        .header("X-Quantum-Transport", "v1")
-        .body(pkt.encode_signed(&f.key).to_vec())
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(f.push(&pkt).0, 200);
     d.terminate();
     h.terminate();
     let logs = format!("{}\n{}", d.log_text(), h.log_text());

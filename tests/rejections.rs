@@ -25,15 +25,7 @@ impl Daemon {
     }
 
     fn send(&self, body: Vec<u8>) -> (u16, serde_json::Value) {
-        let r = self
-            .client
-            .post(self.f.receive_url())
-            .header("X-Quantum-Transport", "v1")
-            .header("Content-Type", "application/octet-stream")
-            .body(body)
-            .send()
-            .unwrap();
-        (r.status().as_u16(), r.json().unwrap())
+        self.f.push_raw(body)
     }
 
     fn pool(&self) -> (u64, u64) {

@@ -18,19 +18,6 @@ fn write_key(f: &Fleet, byte: u8) {
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
-fn feed(f: &Fleet, packets: usize, size: usize) {
-    let c = f.hub_client();
-    for _ in 0..packets {
-        let r = c
-            .post(f.receive_url())
-            .header("X-Quantum-Transport", "v1")
-            .body(f.packet(size).encode_signed(&f.key).to_vec())
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    }
-}
-
 fn pool_bytes(f: &Fleet) -> u64 {
     get_json(&f.http("/api/rng/health"))["pool"]["total_bytes"]
         .as_u64()
@@ -64,7 +51,7 @@ fn clean_restart_keeps_the_unserved_bytes_and_never_repeats() {
     write_key(&f, 1);
     let cfg = f.daemon_config(false, PERSIST);
     let mut d = kirqd(&f, &cfg, &[]);
-    feed(&f, 10, 4096);
+    f.feed(10, 4096);
     let (s, first) = random(&f, serde_json::json!({ "num_bytes": 1000 }));
     assert_eq!(s, 200);
     let before = vec![hex::decode(first["random_data"].as_str().unwrap()).unwrap()];
@@ -101,7 +88,7 @@ fn kill_9_under_load_never_repeats_a_window() {
     write_key(&f, 2);
     let cfg = f.daemon_config(false, PERSIST);
     let mut d = kirqd(&f, &cfg, &[]);
-    feed(&f, 64, 16 * 1024);
+    f.feed(64, 16 * 1024);
     // Three readers at full speed; kill -9 in the middle.
     let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let readers: Vec<_> = (0..3)
@@ -143,7 +130,7 @@ fn kill_9_under_load_never_repeats_a_window() {
 
     let _d2 = kirqd(&f, &cfg, &[]);
     assert_eq!(pool_bytes(&f), 0, "after a crash the pool starts empty");
-    feed(&f, 8, 4096);
+    f.feed(8, 4096);
     let after = drain(&f);
     assert!(windows(&after).is_disjoint(&windows(&before)));
 }
@@ -154,7 +141,7 @@ fn wrong_key_refuses_to_start_and_leaves_the_file() {
     write_key(&f, 3);
     let cfg = f.daemon_config(false, PERSIST);
     let mut d = kirqd(&f, &cfg, &[]);
-    feed(&f, 2, 4096);
+    f.feed(2, 4096);
     assert!(d.terminate().success());
     drop(d);
     let sealed = std::fs::read(f.path("pool.sealed")).unwrap();
@@ -179,7 +166,7 @@ fn corrupted_file_is_refused_and_not_served() {
     write_key(&f, 5);
     let cfg = f.daemon_config(false, PERSIST);
     let mut d = kirqd(&f, &cfg, &[]);
-    feed(&f, 2, 4096);
+    f.feed(2, 4096);
     assert!(d.terminate().success());
     drop(d);
     let p = f.path("pool.sealed");
@@ -202,22 +189,16 @@ fn sighup_trusts_a_new_hub_key_and_keeps_the_pool() {
     let f = Fleet::new();
     let cfg = f.daemon_config(false, "[fallback]\nenabled = false");
     let d = kirqd(&f, &cfg, &[]);
-    feed(&f, 1, 4096);
+    f.feed(1, 4096);
     let new_key = kirq::crypto::falcon::SigningKey::generate();
     new_key.write_pair(f.dir.path(), "hub-new").unwrap();
     let send_new = || {
-        f.hub_client()
-            .post(f.receive_url())
-            .header("X-Quantum-Transport", "v1")
-            .body(
-                packet_for(&new_key, DAEMON_ID, 2048)
-                    .encode_signed(&new_key)
-                    .to_vec(),
-            )
-            .send()
-            .unwrap()
-            .status()
-            .as_u16()
+        f.push_raw(
+            packet_for(&new_key, DAEMON_ID, 2048)
+                .encode_signed(&new_key)
+                .to_vec(),
+        )
+        .0
     };
     assert_eq!(send_new(), 400, "unknown key before the reload");
     let text = std::fs::read_to_string(&cfg).unwrap().replace(

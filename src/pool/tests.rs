@@ -5,12 +5,11 @@ use std::time::Duration;
 use super::*;
 use crate::crypto::falcon::SigningKey;
 use crate::verify::{Policy, Verifier};
-use crate::wire::{Packet, SourceEntry, SourceKind};
+use crate::wire::SourceKind;
 
 struct Fixture {
     key: SigningKey,
     verifier: Verifier,
-    seq: u64,
 }
 
 impl Fixture {
@@ -26,40 +25,13 @@ impl Fixture {
             },
             vec![key.verifying_key().clone()],
         );
-        Self {
-            key,
-            verifier,
-            seq: 0,
-        }
+        Self { key, verifier }
     }
 
     fn packet(&mut self, n: usize, kind: SourceKind) -> VerifiedPacket {
-        self.seq += 1;
-        let mut entropy = SecretBytes::zeroed(n);
-        getrandom::fill(entropy.expose_mut()).unwrap();
-        let mut nonce = [0; 16];
-        getrandom::fill(&mut nonce).unwrap();
-        let now = crate::util::now_ms();
-        let p = Packet {
-            key_id: self.key.verifying_key().id(),
-            proof_alg: 0,
-            recipient: "d".into(),
-            sequence: self.seq,
-            nonce,
-            issued_at_ms: now,
-            expires_at_ms: now + 60_000,
-            provenance: vec![SourceEntry {
-                kind,
-                id: "s".into(),
-                byte_count: n as u32,
-                commitment: [0; 32],
-            }],
-            entropy,
-            proof: vec![],
-            signature: vec![],
-        };
+        let p = crate::wire::sample_packet(&self.key, "d", n, kind);
         self.verifier
-            .verify(&p.encode_signed(&self.key), now)
+            .verify(&p.encode_signed(&self.key), crate::util::now_ms())
             .unwrap()
     }
 }

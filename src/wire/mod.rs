@@ -128,6 +128,35 @@ fn valid_name(s: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// A well-formed packet of `n` fresh random bytes from one source of `kind`, issued now and valid
+/// for 60 s, for `key` to sign. For tests, benches and examples; the hub builds real packets in
+/// [`crate::hub::PacketFactory`].
+pub fn sample_packet(key: &SigningKey, recipient: &str, n: usize, kind: SourceKind) -> Packet {
+    let mut entropy = SecretBytes::zeroed(n);
+    getrandom::fill(entropy.expose_mut()).expect("the OS RNG is available");
+    let mut nonce = [0; 16];
+    getrandom::fill(&mut nonce).expect("the OS RNG is available");
+    let now = crate::util::now_ms();
+    Packet {
+        key_id: key.verifying_key().id(),
+        proof_alg: PROOF_NONE,
+        recipient: recipient.into(),
+        sequence: 0,
+        nonce,
+        issued_at_ms: now,
+        expires_at_ms: now + MAX_LIFETIME_MS,
+        provenance: vec![SourceEntry {
+            kind,
+            id: format!("sample-{}", kind.as_str()),
+            byte_count: n as u32,
+            commitment: crate::crypto::commit_contribution("sample", entropy.expose()),
+        }],
+        entropy,
+        proof: Vec::new(),
+        signature: Vec::new(),
+    }
+}
+
 /// What Falcon-512 signs for a packet: a tagged SHA3-256 of its bytes before `sig_len`.
 pub fn signing_digest(signed_prefix: &[u8]) -> [u8; 32] {
     crate::crypto::tagged_hash("kirq/packet-signature/v1", &[signed_prefix])

@@ -8,8 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kirq::crypto::falcon::SigningKey;
-use kirq::secret::SecretBytes;
-use kirq::wire::{Packet, SourceEntry, SourceKind};
+use kirq::wire::{Packet, SourceKind};
 
 pub const DAEMON_ID: &str = "kirqd-1";
 pub const HUB_ID: &str = "hub-1";
@@ -123,6 +122,32 @@ type = "local"
         format!("https://localhost:{}/api/rng/receive", self.receive_port)
     }
 
+    /// Signs `pkt` with the fleet's hub key and POSTs it to the receive listener as the hub.
+    pub fn push(&self, pkt: &Packet) -> (u16, serde_json::Value) {
+        self.push_raw(pkt.encode_signed(&self.key).to_vec())
+    }
+
+    /// POSTs raw bytes to the receive listener with the hub's client certificate.
+    pub fn push_raw(&self, body: Vec<u8>) -> (u16, serde_json::Value) {
+        let r = self
+            .hub_client()
+            .post(self.receive_url())
+            .header("X-Quantum-Transport", "v1")
+            .header("Content-Type", "application/octet-stream")
+            .body(body)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json().unwrap())
+    }
+
+    /// Pushes `count` fresh packets of `size` bytes, each of which must be accepted.
+    pub fn feed(&self, count: usize, size: usize) {
+        for _ in 0..count {
+            let (status, body) = self.push(&self.packet(size));
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+
     /// A valid packet for this daemon, signed by the fleet's hub key.
     pub fn packet(&self, n: usize) -> Packet {
         packet_for(&self.key, DAEMON_ID, n)
@@ -130,29 +155,7 @@ type = "local"
 }
 
 pub fn packet_for(key: &SigningKey, recipient: &str, n: usize) -> Packet {
-    let mut entropy = SecretBytes::zeroed(n);
-    getrandom::fill(entropy.expose_mut()).unwrap();
-    let mut nonce = [0; 16];
-    getrandom::fill(&mut nonce).unwrap();
-    let now = kirq::util::now_ms();
-    Packet {
-        key_id: key.verifying_key().id(),
-        proof_alg: 0,
-        recipient: recipient.into(),
-        sequence: 1,
-        nonce,
-        issued_at_ms: now,
-        expires_at_ms: now + 60_000,
-        provenance: vec![SourceEntry {
-            kind: SourceKind::Qrng,
-            id: "test-qrng".into(),
-            byte_count: n as u32,
-            commitment: [0; 32],
-        }],
-        entropy,
-        proof: vec![],
-        signature: vec![],
-    }
+    kirq::wire::sample_packet(key, recipient, n, SourceKind::Qrng)
 }
 
 /// A child process killed on drop, its stderr collected in a file.
