@@ -11,7 +11,12 @@ use clap::{Parser, Subcommand};
 /// recipient, expiry, replay, health tests) before a byte is admitted, and hands every byte to
 /// exactly one consumer through its HTTP API.
 #[derive(Parser, Debug)]
-#[command(version, propagate_version = true)]
+#[command(
+    version,
+    propagate_version = true,
+    after_help = "Start here: `kirqd demo` runs a hub and a daemon on loopback and prints curl \
+                  commands to try. Config reference: README.md."
+)]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "info")]

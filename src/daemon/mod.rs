@@ -11,6 +11,8 @@ mod state;
 pub use state::{Daemon, HubStatus, ReceiveError};
 
 use std::net::SocketAddr;
+
+use anyhow::Context;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,7 +125,9 @@ pub async fn start(
     let mut tasks = Vec::new();
     let (stop_http, mut stop_rx) = tokio::sync::watch::channel(false);
 
-    let listener = tokio::net::TcpListener::bind(cfg.receive.listen).await?;
+    let listener = tokio::net::TcpListener::bind(cfg.receive.listen)
+        .await
+        .with_context(|| format!("cannot listen on receive.listen = {}", cfg.receive.listen))?;
     let receive_addr = listener.local_addr()?;
     tasks.push(tokio::spawn(tls::serve_mtls(
         listener,
@@ -134,7 +138,9 @@ pub async fn start(
 
     let (http_addr, http_task) = match cfg.http.listen {
         Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr).await?;
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on http.listen = {addr}"))?;
             let a = l.local_addr()?;
             let app = crate::http::app(daemon.clone());
             let task = tokio::spawn(async move {

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -93,7 +94,9 @@ pub async fn start(cfg: HubConfig, key: SigningKey) -> anyhow::Result<RunningHub
     });
     let mut tasks = Vec::new();
 
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on listen = {}", cfg.listen))?;
     let pull_addr = listener.local_addr()?;
     let pull_router = Router::new()
         .route("/api/hub/refill", post(refill))
@@ -108,7 +111,9 @@ pub async fn start(cfg: HubConfig, key: SigningKey) -> anyhow::Result<RunningHub
 
     let metrics_addr = match cfg.metrics_listen {
         Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr).await?;
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on metrics_listen = {addr}"))?;
             let a = l.local_addr()?;
             let r = Router::new()
                 .route("/metrics", get(hub_metrics))
