@@ -79,6 +79,7 @@ pub fn configs(dir: &Path, http: Option<SocketAddr>) -> anyhow::Result<(HubConfi
             ..HttpConfig::default()
         },
         health: HealthConfig::default(),
+        quantum: None,
     };
     hub.validate()?;
     daemon.validate()?;

@@ -23,6 +23,9 @@ pub struct DaemonConfig {
     pub http: HttpConfig,
     #[serde(default)]
     pub health: HealthConfig,
+    /// The `/quantum/*` endpoints' keys and limits; without it those endpoints answer 503.
+    #[serde(default)]
+    pub quantum: Option<super::QuantumConfig>,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -169,6 +172,12 @@ impl DaemonConfig {
         resolve(base, &mut c.receive.cert);
         resolve(base, &mut c.receive.key);
         resolve(base, &mut c.receive.hub_ca);
+        if let Some(q) = &mut c.quantum {
+            resolve(base, &mut q.state_dir);
+            if let Some(k) = &mut q.at_rest_key_file {
+                resolve(base, k);
+            }
+        }
         c.validate()?;
         Ok(c)
     }
@@ -240,6 +249,9 @@ impl DaemonConfig {
         }
         if !(256..=1 << 20).contains(&h.max_request_bytes) {
             return Err(invalid("http.max_request_bytes", "must be 256..=1048576"));
+        }
+        if let Some(q) = &self.quantum {
+            q.validate()?;
         }
         check_health(&self.health)
     }

@@ -59,6 +59,7 @@ pub async fn start(
     );
     let daemon = Arc::new(Daemon::new(cfg.clone(), keys, hardening));
     let mut tasks = Vec::new();
+    tasks.extend(crate::quantum::start(&daemon)?);
 
     let listener = tokio::net::TcpListener::bind(cfg.receive.listen).await?;
     let receive_addr = listener.local_addr()?;
