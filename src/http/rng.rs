@@ -12,6 +12,12 @@ use base64::Engine;
 use zeroize::Zeroizing;
 
 use super::ApiError;
+#[allow(unused_imports)] // named only by the OpenAPI annotations
+use super::openapi::{
+    HealthResponse, RandomRequestBody, RandomResponse, ReceiveResponse, StatsResponse,
+};
+#[allow(unused_imports)] // named only by the OpenAPI annotations
+use super::quantum::ErrorBody;
 use crate::daemon::Daemon;
 use crate::pool::{Consumer, PoolError, Provenance, Want};
 use crate::verify::Reject;
@@ -86,6 +92,19 @@ fn bad_source() -> ApiError {
 }
 
 /// `POST /api/rng/random`.
+///
+/// Takes `num_bytes` from the single-use pool: each byte is served once and erased.
+#[utoipa::path(post, path = "/api/rng/random", tag = "rng",
+    request_body(content = RandomRequestBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Random bytes", body = RandomResponse),
+        (status = 400, description = "Bad field (named)", body = ErrorBody),
+        (status = 403, description = "Client not in http.allow", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 413, description = "Body over http.max_request_bytes", content_type = "text/plain"),
+        (status = 503, description = "Pool cannot serve the request now (reason pool_depleted)",
+            body = ErrorBody),
+    ))]
 pub async fn random(State(d): State<Arc<Daemon>>, body: Bytes) -> Response {
     let req = match parse_random(&body) {
         Ok(r) => r,
@@ -159,6 +178,21 @@ pub async fn random(State(d): State<Arc<Daemon>>, body: Bytes) -> Response {
 }
 
 /// `POST /api/rng/receive` on the mutual-TLS listener: one canonical packet as the body.
+///
+/// Served only on the mutual-TLS listener (`receive.listen`); the HTTP shim answers 403.
+#[utoipa::path(post, path = "/api/rng/receive", tag = "rng",
+    params(("X-Quantum-Transport" = String, Header, description = "Must be `v1`")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "One canonical Kirq packet"),
+    responses(
+        (status = 200, description = "Packet verified and admitted", body = ReceiveResponse),
+        (status = 400, description = "Packet rejected (reason)", body = ErrorBody),
+        (status = 403, description = "Not the mutual-TLS listener, or client not allowed",
+            body = ErrorBody),
+        (status = 413, description = "Packet too large", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Pool full", body = ErrorBody),
+    ))]
 pub async fn receive(State(d): State<Arc<Daemon>>, headers: HeaderMap, body: Body) -> Response {
     if headers
         .get("x-quantum-transport")
@@ -233,6 +267,12 @@ pub async fn receive_on_plain(State(d): State<Arc<Daemon>>) -> ApiError {
 }
 
 /// `GET /api/rng/health`.
+#[utoipa::path(get, path = "/api/rng/health", tag = "rng",
+    responses(
+        (status = 200, description = "Pool, hubs, sources and hardening", body = HealthResponse),
+        (status = 403, description = "Client not in http.allow", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    ))]
 pub async fn health(State(d): State<Arc<Daemon>>) -> Json<serde_json::Value> {
     let pool = d.pool.snapshot();
     let hubs = d.hubs();
@@ -277,6 +317,12 @@ pub async fn health(State(d): State<Arc<Daemon>>) -> Json<serde_json::Value> {
 }
 
 /// `GET /api/rng/stats`: read back from the metrics counters.
+#[utoipa::path(get, path = "/api/rng/stats", tag = "rng",
+    responses(
+        (status = 200, description = "Counters", body = StatsResponse),
+        (status = 403, description = "Client not in http.allow", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    ))]
 pub async fn stats(State(d): State<Arc<Daemon>>) -> Json<serde_json::Value> {
     let m = &d.metrics;
     let pool = d.pool.snapshot();
@@ -333,6 +379,14 @@ pub async fn stats(State(d): State<Arc<Daemon>>) -> Json<serde_json::Value> {
 }
 
 /// `GET /metrics`: Prometheus/OpenMetrics text.
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses(
+        (status = 200, description = "OpenMetrics text",
+            content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body = String),
+        (status = 403, description = "Client not in http.allow", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    ))]
 pub async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
     d.metrics.set_pool(&d.pool.snapshot());
     (
