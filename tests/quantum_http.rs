@@ -392,3 +392,38 @@ async fn quantum_endpoints_answer_503_without_a_quantum_section() {
     let (s, _) = call(&app, "GET", "/openapi.json", None).await;
     assert_eq!(s, 200);
 }
+
+#[tokio::test]
+async fn quantum_endpoints_share_the_allowlist_and_rate_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut cfg) = kirq::demo::configs(dir.path(), None).unwrap();
+    cfg.quantum = Some(kirq::demo::quantum_config(dir.path(), None).unwrap());
+    cfg.http.rate_limit_per_second = 1;
+    cfg.http.rate_limit_burst = 2;
+    let hardening = Hardening {
+        no_core_dumps: false,
+        memory_locked: false,
+    };
+    let d = Arc::new(Daemon::new(cfg, vec![], hardening));
+    let _task = kirq::quantum::start(&d).unwrap();
+    let app = kirq::http::app(d.clone());
+    let local = app
+        .clone()
+        .layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 2))));
+    let body = json!({"message": "00"});
+    let mut statuses = vec![];
+    for _ in 0..3 {
+        let (s, _) = call(
+            &local,
+            "POST",
+            "/quantum/falcon-signature",
+            Some(body.clone()),
+        )
+        .await;
+        statuses.push(s);
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    let remote = app.layer(MockConnectInfo(SocketAddr::from(([192, 0, 2, 1], 2))));
+    let (s, v) = call(&remote, "POST", "/quantum/vrf", Some(json!({"alpha": ""}))).await;
+    assert_eq!(s, 403, "{v}");
+}
