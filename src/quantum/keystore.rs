@@ -84,14 +84,23 @@ impl AtRestKey {
         Self(SecretBytes::new(bytes.to_vec()))
     }
 
-    /// The key named by the config: `at_rest_key_file`, else the systemd credential.
+    /// The key named by the config: `at_rest_key_file`, else the systemd credential in
+    /// `$CREDENTIALS_DIRECTORY`.
     pub fn from_config(cfg: &QuantumConfig) -> Result<Self, KeyStoreError> {
-        let path = match &cfg.at_rest_key_file {
-            Some(p) => p.clone(),
-            None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
-                Some(dir) => Path::new(&dir).join(&cfg.at_rest_credential),
-                None => return Err(KeyStoreError::NoAtRestKey(cfg.at_rest_credential.clone())),
-            },
+        Self::from_config_in(cfg, std::env::var_os("CREDENTIALS_DIRECTORY").as_deref())
+    }
+
+    /// [`AtRestKey::from_config`] with the credentials directory given.
+    pub fn from_config_in(
+        cfg: &QuantumConfig,
+        credentials_dir: Option<&std::ffi::OsStr>,
+    ) -> Result<Self, KeyStoreError> {
+        let path = match (&cfg.at_rest_key_file, credentials_dir) {
+            (Some(p), _) => p.clone(),
+            (None, Some(dir)) => Path::new(dir).join(&cfg.at_rest_credential),
+            (None, None) => {
+                return Err(KeyStoreError::NoAtRestKey(cfg.at_rest_credential.clone()));
+            }
         };
         Self::load(&path)
     }
@@ -442,5 +451,26 @@ mod tests {
             Err(KeyStoreError::Permissions { .. })
         ));
         assert_eq!(format!("{:?}", key(9)), "AtRestKey(..)");
+    }
+
+    #[test]
+    fn at_rest_key_from_a_systemd_credential() {
+        let creds = tempfile::tempdir().unwrap();
+        let mut cfg = QuantumConfig::new(creds.path().join("state"));
+        let none = AtRestKey::from_config_in(&cfg, None).unwrap_err();
+        assert!(none.to_string().contains("LoadCredential="), "{none}");
+        let p = creds.path().join("kirq-at-rest-key");
+        std::fs::write(&p, [3u8; 32]).unwrap();
+        // systemd makes credentials 0400 (owner read-only).
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let k = AtRestKey::from_config_in(&cfg, Some(creds.path().as_os_str())).unwrap();
+        assert_eq!(k.0.expose(), &[3u8; 32]);
+        // An explicit key file wins over the credential.
+        let f = creds.path().join("file.key");
+        std::fs::write(&f, [4u8; 32]).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        cfg.at_rest_key_file = Some(f);
+        let k = AtRestKey::from_config_in(&cfg, Some(creds.path().as_os_str())).unwrap();
+        assert_eq!(k.0.expose(), &[4u8; 32]);
     }
 }

@@ -55,12 +55,13 @@ impl VrfKey {
         let prover = EdVrfEdwards25519TaiSecretKey::from_slice(&seed).ok()?;
         // The crate keeps Y's encoding private: derive it as RFC 8032 does (x = clamped first
         // half of SHA-512(SK), Y = x*B) and check the crate agrees that it is the same key.
-        let digest = Sha512::digest(seed);
+        let mut digest: [u8; 64] = Sha512::digest(seed).into();
         let mut x = [0u8; 32];
         x.copy_from_slice(&digest[..32]);
         let public = EdwardsPoint::mul_base_clamped(x).compress().to_bytes();
-        zeroize::Zeroize::zeroize(&mut x);
         let mut seed = seed;
+        zeroize::Zeroize::zeroize(&mut x);
+        zeroize::Zeroize::zeroize(&mut digest);
         zeroize::Zeroize::zeroize(&mut seed);
         if EdVrfEdwards25519TaiPublicKey::from_slice(&public).ok()? != prover.verifier() {
             return None;
