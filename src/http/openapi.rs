@@ -205,9 +205,10 @@ struct ApiDoc;
     ))]
 pub async fn openapi_json() -> axum::response::Response {
     use axum::response::IntoResponse;
+    static JSON: std::sync::LazyLock<String> = std::sync::LazyLock::new(json);
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        json(),
+        JSON.as_str(),
     )
         .into_response()
 }
