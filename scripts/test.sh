@@ -38,4 +38,4 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
-cargo test --all-targets --quiet -- --test-threads=2
+cargo test --all-targets --no-fail-fast --quiet -- --test-threads=2

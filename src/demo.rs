@@ -3,10 +3,13 @@
 //! Everything is made fresh at start in a private temporary directory (mode 0700, removed on
 //! exit): a Falcon-512 hub key, two development CAs and their certificates, and both configs. The
 //! hub's only source is `local` (the OS RNG), so everything the demo serves is honestly marked
-//! `local`: the demo shows the delivery path, not quantum entropy.
+//! `local`: the demo shows the delivery path, not quantum entropy. For the same reason the demo
+//! lets its VRF key be made from `local` pool bytes.
 
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{
@@ -80,16 +83,47 @@ pub fn configs(dir: &Path, http: Option<SocketAddr>) -> anyhow::Result<(HubConfi
         },
         health: HealthConfig::default(),
         persist: Default::default(),
+        quantum: None,
     };
     hub.validate()?;
     daemon.validate()?;
     Ok((hub, daemon))
 }
 
-/// Runs the demo until Ctrl-C.
-pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
+/// The demo's `[quantum]` section: keys in `keys` (state dir, at-rest key file) or, without it,
+/// in `dir` under a fresh at-rest key. The demo hub's only source is `local`, so the VRF key may
+/// be made from `local` entropy here, which a production config does not allow by default.
+pub fn quantum_config(
+    dir: &Path,
+    keys: Option<(PathBuf, PathBuf)>,
+) -> anyhow::Result<crate::config::QuantumConfig> {
+    let (state_dir, key_file) = match keys {
+        Some(k) => k,
+        None => {
+            let key_file = dir.join("at-rest.key");
+            let mut key = zeroize::Zeroizing::new([0u8; 32]);
+            getrandom::fill(&mut key[..]).map_err(|e| anyhow::anyhow!("OS RNG: {e}"))?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&key_file)?
+                .write_all(&key[..])?;
+            (dir.join("quantum"), key_file)
+        }
+    };
+    let mut q = crate::config::QuantumConfig::new(state_dir);
+    q.at_rest_key_file = Some(key_file);
+    q.keygen_provenance = crate::pool::Provenance::ALL.to_vec();
+    q.validate()?;
+    Ok(q)
+}
+
+/// Runs the demo until Ctrl-C. `keys` = (state dir, at-rest key file) keeps the quantum keys.
+pub async fn run(listen: SocketAddr, keys: Option<(PathBuf, PathBuf)>) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("kirq-demo-").tempdir()?;
-    let (hub_cfg, daemon_cfg) = configs(dir.path(), Some(listen))?;
+    let (hub_cfg, mut daemon_cfg) = configs(dir.path(), Some(listen))?;
+    daemon_cfg.quantum = Some(quantum_config(dir.path(), keys)?);
     let key = SigningKey::load(&hub_cfg.signing_key)?;
     let key_id = key.verifying_key().id();
     let hardening = crate::secret::harden_process();
@@ -114,6 +148,13 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     println!("  curl -s http://{http}/api/rng/health");
     println!("  curl -s http://{http}/api/rng/stats");
     println!("  curl -s http://{http}/metrics");
+    println!(
+        "  curl -s -X POST http://{http}/quantum/vrf -H 'content-type: application/json' -d '{{\"alpha\":\"68656c6c6f\"}}'"
+    );
+    println!(
+        "  curl -s -X POST http://{http}/quantum/falcon-signature -H 'content-type: application/json' -d '{{\"message\":\"68656c6c6f\"}}'"
+    );
+    println!("  curl -s http://{http}/openapi.json");
     println!();
     let d = daemon.daemon.clone();
     let reporter = tokio::spawn(async move {

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod mix;
 pub mod pki;
 pub mod pool;
+pub mod quantum;
 pub mod secret;
 pub mod sources;
 pub mod tls;

@@ -41,7 +41,31 @@ enum Cmd {
         /// Address of the HTTP API.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Keep the quantum service keys here (sealed) instead of in the temporary directory,
+        /// so they survive a restart of the demo.
+        #[arg(long, requires = "at_rest_key_file")]
+        state_dir: Option<PathBuf>,
+        /// The at-rest key (32 raw bytes or 64 hex digits, mode 0600) sealing --state-dir.
+        #[arg(long, requires = "state_dir")]
+        at_rest_key_file: Option<PathBuf>,
     },
+    /// Rotate the quantum service keys; a running kirqd uses the new keys after a restart.
+    ///
+    /// The Falcon-512 key is replaced by a new one (the old file is kept as `.prev`). With --vrf
+    /// the VRF key is retired (moved to `.prev`) and the next start makes a new one from pool
+    /// entropy. Nothing changes unless the current files decrypt under the at-rest key.
+    RotateKeys {
+        #[arg(long, short, default_value = "/etc/kirq/kirqd.toml")]
+        config: PathBuf,
+        /// Also retire the VRF key.
+        #[arg(long)]
+        vrf: bool,
+        /// Leave the Falcon-512 key as it is (with --vrf: retire only the VRF key).
+        #[arg(long, requires = "vrf")]
+        keep_falcon: bool,
+    },
+    /// Print the OpenAPI 3.1 document of the HTTP API (the committed openapi.json).
+    Openapi,
     /// Check a config file and the files it names, then exit.
     CheckConfig {
         #[arg(long, short, default_value = "/etc/kirq/kirqd.toml")]
@@ -55,7 +79,20 @@ async fn main() -> std::process::ExitCode {
     kirq::util::init_logging(&cli.log);
     let result = match cli.cmd {
         Cmd::Run { config } => kirq::daemon::run(&config).await,
-        Cmd::Demo { listen } => kirq::demo::run(listen).await,
+        Cmd::Demo {
+            listen,
+            state_dir,
+            at_rest_key_file,
+        } => kirq::demo::run(listen, state_dir.zip(at_rest_key_file)).await,
+        Cmd::RotateKeys {
+            config,
+            vrf,
+            keep_falcon,
+        } => rotate_keys(&config, !keep_falcon, vrf),
+        Cmd::Openapi => {
+            print!("{}", kirq::http::openapi::json());
+            Ok(())
+        }
         Cmd::CheckConfig { config } => kirq::config::DaemonConfig::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(|c| kirq::daemon::load_trusted_keys(&c).map(|k| (c, k)))
@@ -69,4 +106,28 @@ async fn main() -> std::process::ExitCode {
             }),
     };
     kirq::util::exit_with(result)
+}
+
+fn rotate_keys(config: &std::path::Path, falcon: bool, vrf: bool) -> anyhow::Result<()> {
+    let cfg = kirq::config::DaemonConfig::load(config)?;
+    let q = cfg
+        .quantum
+        .ok_or_else(|| anyhow::anyhow!("{} has no [quantum] section", config.display()))?;
+    let r = kirq::quantum::rotate(&q, falcon, vrf)?;
+    if let Some((id, prev)) = r.falcon {
+        println!("Falcon-512 service key rotated: new key id {id}");
+        if let Some(p) = prev {
+            println!("  previous key kept in {}", p.display());
+        }
+    }
+    if let Some(p) = r.vrf_retired {
+        println!(
+            "VRF key retired to {}; the next start makes a new one from pool entropy",
+            p.display()
+        );
+    } else if vrf {
+        println!("no VRF key to retire");
+    }
+    println!("restart kirqd to serve the new keys");
+    Ok(())
 }

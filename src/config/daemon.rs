@@ -23,6 +23,9 @@ pub struct DaemonConfig {
     pub http: HttpConfig,
     #[serde(default)]
     pub health: HealthConfig,
+    /// The `/quantum/*` endpoints' keys and limits; without it those endpoints answer 503.
+    #[serde(default)]
+    pub quantum: Option<super::QuantumConfig>,
     #[serde(default)]
     pub persist: PersistConfig,
 }
@@ -198,6 +201,12 @@ impl DaemonConfig {
         if let Some(p) = &mut c.persist.key_file {
             resolve(base, p);
         }
+        if let Some(q) = &mut c.quantum {
+            resolve(base, &mut q.state_dir);
+            if let Some(k) = &mut q.at_rest_key_file {
+                resolve(base, k);
+            }
+        }
         c.validate()?;
         Ok(c)
     }
@@ -282,6 +291,9 @@ impl DaemonConfig {
                 "persist.key_file",
                 "required with persist.state_file (or run under systemd with LoadCredential=pool-key)",
             ));
+        }
+        if let Some(q) = &self.quantum {
+            q.validate()?;
         }
         check_health(&self.health)
     }

@@ -6,9 +6,11 @@
 
 mod daemon;
 mod hub;
+mod quantum;
 
 pub use daemon::*;
 pub use hub::*;
+pub use quantum::*;
 
 use std::path::{Path, PathBuf};
 

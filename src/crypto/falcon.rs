@@ -159,6 +159,24 @@ impl SigningKey {
         &self.public
     }
 
+    /// The key from PQClean's secret and public key bytes; `None` unless they are a pair.
+    pub fn from_parts(sk: SecretBytes, pk: &[u8]) -> Option<Self> {
+        if sk.len() != SECRET_KEY_BYTES {
+            return None;
+        }
+        let key = Self {
+            sk,
+            public: VerifyingKey::from_bytes(pk)?,
+        };
+        let check = key.sign(b"kirq key check");
+        key.public.verify(b"kirq key check", &check).then_some(key)
+    }
+
+    /// The secret key's bytes (PQClean format), for sealing it at rest.
+    pub fn expose_secret(&self) -> &[u8] {
+        self.sk.expose()
+    }
+
     pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
         // The pqcrypto SecretKey is a Copy array: this transient copy is not zeroed by us.
         let sk =

@@ -124,6 +124,7 @@ pub async fn start(
     let sealed = restore_sealed(&cfg, &daemon.pool)?;
     let mut tasks = Vec::new();
     let (stop_http, mut stop_rx) = tokio::sync::watch::channel(false);
+    tasks.extend(crate::quantum::start(&daemon)?);
 
     let listener = tokio::net::TcpListener::bind(cfg.receive.listen)
         .await

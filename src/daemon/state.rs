@@ -50,6 +50,8 @@ pub struct Daemon {
     pub metrics: Arc<DaemonMetrics>,
     pub hardening: Hardening,
     pub started: Instant,
+    /// The `/quantum/*` service keys (see [`crate::quantum`]).
+    pub quantum: crate::quantum::Keys,
     hubs: Mutex<Vec<HubStatus>>,
     /// Last time any hub answered a pull or delivered a verified packet.
     last_contact: Mutex<Instant>,
@@ -88,6 +90,7 @@ impl Daemon {
             metrics: Arc::new(DaemonMetrics::new()),
             hardening,
             started: Instant::now(),
+            quantum: crate::quantum::Keys::default(),
             hubs: Mutex::new(
                 cfg.hubs
                     .iter()

@@ -1,7 +1,9 @@
 //! The HTTP faces of kirqd.
 //!
 //! [`app`] is the local shim for consumers (TAO Signal endpoints): `POST /api/rng/random`,
-//! `GET /api/rng/health`, `GET /api/rng/stats`, `GET /metrics`. It binds to loopback by default
+//! `GET /api/rng/health`, `GET /api/rng/stats`, `GET /metrics`, the VRF and Falcon-512 endpoints
+//! under `/quantum/` ([`quantum`]) and its own OpenAPI document at `GET /openapi.json`
+//! ([`openapi`]). It binds to loopback by default
 //! and every request passes an allowlist and a per-address token bucket first. [`receive_router`]
 //! serves `POST /api/rng/receive` and is mounted only on the mutual-TLS listener; the shim answers
 //! that path with 403 so a misdirected hub learns why.
@@ -10,6 +12,8 @@
 //! fits; packet rejections add `"reason"` (the same label as in stats and metrics).
 
 mod limit;
+pub mod openapi;
+pub mod quantum;
 mod rng;
 
 use std::sync::Arc;
@@ -65,6 +69,16 @@ pub fn app(d: Arc<Daemon>) -> Router {
         .route("/api/rng/stats", get(rng::stats))
         .route("/metrics", get(rng::metrics))
         .route("/api/rng/receive", post(rng::receive_on_plain))
+        .route("/quantum/vrf", post(quantum::vrf))
+        .route("/quantum/vrf/verify", post(quantum::vrf_verify))
+        .route("/quantum/vrf/public-key", get(quantum::vrf_public_key))
+        .route("/quantum/falcon-signature", post(quantum::falcon_signature))
+        .route("/quantum/falcon-verify", post(quantum::falcon_verify))
+        .route(
+            "/quantum/falcon-public-key",
+            get(quantum::falcon_public_key),
+        )
+        .route("/openapi.json", get(openapi::openapi_json))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             (d.clone(), limiter),

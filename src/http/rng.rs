@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -12,6 +12,12 @@ use base64::Engine;
 use zeroize::Zeroizing;
 
 use super::ApiError;
+#[allow(unused_imports)] // named only by the OpenAPI annotations
+use super::openapi::{
+    HealthResponse, RandomRequestBody, RandomResponse, ReceiveResponse, StatsResponse,
+};
+#[allow(unused_imports)] // named only by the OpenAPI annotations
+use super::quantum::ErrorBody;
 use crate::daemon::Daemon;
 use crate::pool::{Consumer, PoolError, Provenance, Want};
 use crate::verify::Reject;
@@ -86,11 +92,24 @@ fn bad_source() -> ApiError {
 }
 
 /// `POST /api/rng/random`.
+///
+/// Takes `num_bytes` from the single-use pool: each byte is served once and erased.
+#[utoipa::path(post, path = "/api/rng/random", tag = "rng",
+    request_body(content = RandomRequestBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Random bytes", body = RandomResponse),
+        (status = 400, description = "Bad field (named)", body = ErrorBody),
+        (status = 403, description = "Client not in http.allow", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 413, description = "Body over http.max_request_bytes", body = ErrorBody),
+        (status = 503, description = "Pool cannot serve the request now (reason pool_depleted)",
+            body = ErrorBody),
+    ))]
 pub async fn random(State(d): State<Arc<Daemon>>, body: Body) -> Response {
     let limit = d.cfg.http.max_request_bytes;
-    let parsed = match axum::body::to_bytes(body, limit).await {
-        Ok(b) => parse_random(&b),
-        Err(_) => Err(ApiError {
+    let parsed = match read_limited(body, limit).await {
+        Some(b) => parse_random(&b),
+        None => Err(ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             message: format!("request body exceeds {limit} bytes (http.max_request_bytes)"),
             reason: None,
@@ -169,6 +188,21 @@ pub async fn random(State(d): State<Arc<Daemon>>, body: Body) -> Response {
 }
 
 /// `POST /api/rng/receive` on the mutual-TLS listener: one canonical packet as the body.
+///
+/// Served only on the mutual-TLS listener (`receive.listen`); the HTTP shim answers 403.
+#[utoipa::path(post, path = "/api/rng/receive", tag = "rng",
+    params(("X-Quantum-Transport" = String, Header, description = "Must be `v1`")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "One canonical Kirq packet"),
+    responses(
+        (status = 200, description = "Packet verified and admitted", body = ReceiveResponse),
+        (status = 400, description = "Packet rejected (reason)", body = ErrorBody),
+        (status = 403, description = "Not the mutual-TLS listener, or client not allowed",
+            body = ErrorBody),
+        (status = 413, description = "Packet too large", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Pool full", body = ErrorBody),
+    ))]
 pub async fn receive(State(d): State<Arc<Daemon>>, headers: HeaderMap, body: Body) -> Response {
     if headers
         .get("x-quantum-transport")
@@ -189,16 +223,9 @@ pub async fn receive(State(d): State<Arc<Daemon>>, headers: HeaderMap, body: Bod
         }
         .into_response()
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return too_large();
-    }
-    let bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(b) => b,
-        Err(_) => return too_large(),
+    let bytes = match read_limited(body, limit).await {
+        Some(b) => b,
+        None => return too_large(),
     };
     let result = d.receive(&bytes);
     // The body held entropy: zero our copy if we are its only owner.
@@ -231,6 +258,32 @@ pub async fn receive(State(d): State<Arc<Daemon>>, headers: HeaderMap, body: Bod
     }
 }
 
+/// Most bytes of an oversized body read and discarded so the client sees the 413 answer instead
+/// of a reset connection; beyond this the connection is simply closed.
+const DRAIN_CAP: usize = 8 << 20;
+
+/// Reads a body of at most `limit` bytes. An oversized body is drained (up to [`DRAIN_CAP`]) and
+/// `None` returned: nothing of it is kept.
+async fn read_limited(body: Body, limit: usize) -> Option<Bytes> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else { return None };
+        seen += chunk.len();
+        if seen > limit {
+            buf.clear();
+            if seen > DRAIN_CAP {
+                return None;
+            }
+            continue;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    (seen <= limit).then(|| buf.freeze())
+}
+
 /// `POST /api/rng/receive` on the plain shim: refused, with the reason.
 pub async fn receive_on_plain(State(d): State<Arc<Daemon>>) -> ApiError {
     d.metrics.http_reject("receive_without_mtls");
@@ -243,6 +296,12 @@ pub async fn receive_on_plain(State(d): State<Arc<Daemon>>) -> ApiError {
 }
 
 /// `GET /api/rng/health`.
+#[utoipa::path(get, path = "/api/rng/health", tag = "rng",
+    responses(
+        (status = 200, description = "Pool, hubs, sources and hardening", body = HealthResponse),
+        (status = 403, description = "Client not in http.allow", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    ))]
 pub async fn health(State(d): State<Arc<Daemon>>) -> Json<serde_json::Value> {
     let pool = d.pool.snapshot();
     let hubs = d.hubs();
@@ -287,6 +346,12 @@ pub async fn health(State(d): State<Arc<Daemon>>) -> Json<serde_json::Value> {
 }
 
 /// `GET /api/rng/stats`: read back from the metrics counters.
+#[utoipa::path(get, path = "/api/rng/stats", tag = "rng",
+    responses(
+        (status = 200, description = "Counters", body = StatsResponse),
+        (status = 403, description = "Client not in http.allow", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    ))]
 pub async fn stats(State(d): State<Arc<Daemon>>) -> Json<serde_json::Value> {
     let m = &d.metrics;
     let pool = d.pool.snapshot();
@@ -343,6 +408,14 @@ pub async fn stats(State(d): State<Arc<Daemon>>) -> Json<serde_json::Value> {
 }
 
 /// `GET /metrics`: Prometheus/OpenMetrics text.
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses(
+        (status = 200, description = "OpenMetrics text",
+            content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body = String),
+        (status = 403, description = "Client not in http.allow", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    ))]
 pub async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
     d.metrics.set_pool(&d.pool.snapshot());
     (

@@ -252,7 +252,7 @@ impl SealedFile {
         let sealed = key
             .cipher()
             .encrypt(
-                Nonce::from_slice(&nonce),
+                &Nonce::from(nonce),
                 Payload {
                     msg: plain.expose(),
                     aad: &header,
@@ -297,7 +297,8 @@ impl SealedFile {
                 expected,
             });
         }
-        let nonce = Nonce::from_slice(&data[57..69]);
+        let nonce: [u8; 12] = data[57..69].try_into().expect("12 bytes");
+        let nonce = &Nonce::from(nonce);
         let plain = match key.cipher().decrypt(
             nonce,
             Payload {

@@ -1,0 +1,340 @@
+//! The service keys behind the `/quantum/*` endpoints: an RFC 9381 VRF key and a Falcon-512
+//! signing key, both held by kirqd and sealed at rest ([`keystore`]).
+//!
+//! Where each key's randomness comes from, exactly:
+//! - **VRF secret key**: 32 bytes taken once from the single-use pool, from a provenance class
+//!   listed in `quantum.keygen_provenance` (verified, non-local classes by default). At first
+//!   start the pool may be empty, so a task waits for suitable bytes; until the key exists the
+//!   VRF endpoints answer 503 saying so. Proving is deterministic (RFC 9381) and draws no
+//!   randomness.
+//! - **Falcon-512 key and signatures**: PQClean (through pqcrypto-falcon) calls its `randombytes`,
+//!   which reads the operating system's RNG (getrandom(2)) for key generation and for each
+//!   signature's nonce and sampler seed. kirqd does not feed pool bytes to Falcon directly; the
+//!   link to verified entropy is only that kirqd, where it is set up to, seeds the kernel's RNG
+//!   from its pool. The Falcon key is made at first start (it needs no pool bytes).
+//!
+//! The one design choice a reader must know: keys are loaded or created once, at start, into
+//! write-once cells ([`Keys`]); rotation (`kirqd rotate-keys`) rewrites the sealed files and takes
+//! effect on the next start, so a running daemon never changes keys under a client.
+
+pub mod keystore;
+pub mod vrf;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::config::QuantumConfig;
+use crate::crypto::falcon::SigningKey;
+use crate::daemon::Daemon;
+use crate::pool::Want;
+use crate::secret::SecretBytes;
+use keystore::{AtRestKey, Kind};
+use vrf::VrfKey;
+
+/// File names inside `quantum.state_dir`.
+pub const VRF_FILE: &str = "vrf.sealed";
+pub const FALCON_FILE: &str = "falcon512.sealed";
+
+/// Why the VRF key is not there yet (the 503 message).
+#[derive(Debug, Clone)]
+enum Pending {
+    Disabled,
+    WaitingForEntropy(String),
+}
+
+/// The daemon's quantum service keys: set once, then read by every request.
+#[derive(Debug)]
+pub struct Keys {
+    vrf: OnceLock<VrfKey>,
+    falcon: OnceLock<SigningKey>,
+    pending: Mutex<Pending>,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self {
+            vrf: OnceLock::new(),
+            falcon: OnceLock::new(),
+            pending: Mutex::new(Pending::Disabled),
+        }
+    }
+}
+
+const DISABLED: &str = "the /quantum endpoints are not configured: kirqd's config has no [quantum] \
+                        section (state_dir and an at-rest key)";
+
+impl Keys {
+    /// The VRF key, or the reason it is not available (for a 503).
+    pub fn vrf(&self) -> Result<&VrfKey, String> {
+        if let Some(k) = self.vrf.get() {
+            return Ok(k);
+        }
+        match &*self.pending.lock().unwrap_or_else(|e| e.into_inner()) {
+            Pending::Disabled => Err(DISABLED.into()),
+            Pending::WaitingForEntropy(m) => Err(m.clone()),
+        }
+    }
+
+    /// The Falcon-512 service key, or the reason it is not available (for a 503).
+    pub fn falcon(&self) -> Result<&SigningKey, String> {
+        self.falcon.get().ok_or_else(|| DISABLED.into())
+    }
+
+    fn set_vrf(&self, k: VrfKey) {
+        let _ = self.vrf.set(k);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QuantumError {
+    #[error(transparent)]
+    KeyStore(#[from] keystore::KeyStoreError),
+    #[error("sealed key file {0} does not hold a valid key of its kind")]
+    BadKey(PathBuf),
+}
+
+pub fn vrf_path(cfg: &QuantumConfig) -> PathBuf {
+    cfg.state_dir.join(VRF_FILE)
+}
+
+pub fn falcon_path(cfg: &QuantumConfig) -> PathBuf {
+    cfg.state_dir.join(FALCON_FILE)
+}
+
+fn seal_falcon(at_rest: &AtRestKey, k: &SigningKey) -> String {
+    keystore::seal(
+        at_rest,
+        Kind::Falcon,
+        k.verifying_key().as_bytes(),
+        k.expose_secret(),
+    )
+}
+
+/// Loads the sealed Falcon key, if its file exists.
+pub fn load_falcon(
+    cfg: &QuantumConfig,
+    at_rest: &AtRestKey,
+) -> Result<Option<SigningKey>, QuantumError> {
+    let path = falcon_path(cfg);
+    match keystore::open(at_rest, Kind::Falcon, &path)? {
+        None => Ok(None),
+        Some(o) => SigningKey::from_parts(o.secret, &o.public)
+            .map(Some)
+            .ok_or(QuantumError::BadKey(path)),
+    }
+}
+
+/// Loads the sealed VRF key, if its file exists.
+pub fn load_vrf(cfg: &QuantumConfig, at_rest: &AtRestKey) -> Result<Option<VrfKey>, QuantumError> {
+    let path = vrf_path(cfg);
+    match keystore::open(at_rest, Kind::Vrf, &path)? {
+        None => Ok(None),
+        Some(o) => match VrfKey::from_secret(o.secret) {
+            Some(k) if k.public_key()[..] == o.public[..] => Ok(Some(k)),
+            _ => Err(QuantumError::BadKey(path)),
+        },
+    }
+}
+
+/// Loads the Falcon key, or makes and seals one on first start.
+fn load_or_create_falcon(
+    cfg: &QuantumConfig,
+    at_rest: &AtRestKey,
+) -> Result<SigningKey, QuantumError> {
+    if let Some(k) = load_falcon(cfg, at_rest)? {
+        return Ok(k);
+    }
+    let k = SigningKey::generate();
+    keystore::write_new(&falcon_path(cfg), &seal_falcon(at_rest, &k))?;
+    tracing::info!(
+        key_id = %k.verifying_key().id(),
+        path = %falcon_path(cfg).display(),
+        "generated the Falcon-512 service key (OS RNG) and sealed it at rest"
+    );
+    Ok(k)
+}
+
+/// Loads (or creates) the service keys for `d`; returns the task that makes the VRF key from
+/// pool entropy when it does not exist yet. Does nothing without a `[quantum]` section.
+pub fn start(d: &Arc<Daemon>) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(cfg) = d.cfg.quantum.clone() else {
+        tracing::info!("no [quantum] section: the /quantum endpoints answer 503");
+        return Ok(None);
+    };
+    let at_rest = AtRestKey::from_config(&cfg)?;
+    keystore::ensure_dir(&cfg.state_dir)?;
+    let falcon = load_or_create_falcon(&cfg, &at_rest)?;
+    let _ = d.quantum.falcon.set(falcon);
+    if let Some(k) = load_vrf(&cfg, &at_rest)? {
+        tracing::info!(public_key = %hex::encode(k.public_key()), "loaded the VRF key");
+        d.quantum.set_vrf(k);
+        return Ok(None);
+    }
+    let classes: Vec<&str> = cfg.keygen_provenance.iter().map(|p| p.as_str()).collect();
+    *d.quantum.pending.lock().unwrap_or_else(|e| e.into_inner()) =
+        Pending::WaitingForEntropy(format!(
+            "the VRF key is not generated yet: kirqd is waiting for {} bytes of verified entropy \
+             of provenance {} in its pool",
+            vrf::SECRET_KEY_BYTES,
+            classes.join(" or ")
+        ));
+    tracing::warn!(
+        provenance = %classes.join(","),
+        "no VRF key yet: it will be made from the first suitable pool entropy"
+    );
+    Ok(Some(tokio::spawn(vrf_keygen_task(d.clone(), cfg, at_rest))))
+}
+
+/// Waits for suitable pool bytes, makes the VRF key from them, seals it, and publishes it.
+async fn vrf_keygen_task(d: Arc<Daemon>, cfg: QuantumConfig, at_rest: AtRestKey) {
+    loop {
+        for &class in &cfg.keygen_provenance {
+            let Ok(taken) = d.pool.take(vrf::SECRET_KEY_BYTES, Want::Only(class)) else {
+                continue;
+            };
+            match make_vrf_key(&cfg, &at_rest, taken.bytes) {
+                Ok(k) => {
+                    tracing::info!(
+                        provenance = class.as_str(),
+                        public_key = %hex::encode(k.public_key()),
+                        "generated the VRF key from verified pool entropy and sealed it at rest"
+                    );
+                    d.quantum.set_vrf(k);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not store the new VRF key; will retry");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        }
+        tokio::select! {
+            _ = d.pool.arrived() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+fn make_vrf_key(
+    cfg: &QuantumConfig,
+    at_rest: &AtRestKey,
+    sk: SecretBytes,
+) -> Result<VrfKey, QuantumError> {
+    let path = vrf_path(cfg);
+    let k = VrfKey::from_secret(sk).ok_or_else(|| QuantumError::BadKey(path.clone()))?;
+    let text = keystore::seal(at_rest, Kind::Vrf, &k.public_key(), k.secret().expose());
+    match keystore::write_new(&path, &text) {
+        Ok(()) => Ok(k),
+        // Another writer got there first: use its key, never replace it.
+        Err(keystore::KeyStoreError::Exists { .. }) => {
+            load_vrf(cfg, at_rest)?.ok_or(QuantumError::BadKey(path))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What `kirqd rotate-keys` did, for its output.
+#[derive(Debug, Default)]
+pub struct Rotated {
+    pub falcon: Option<(String, Option<PathBuf>)>,
+    pub vrf_retired: Option<PathBuf>,
+}
+
+/// Rotates the Falcon key (a new key sealed in place, the old one kept as `.prev`) and, with
+/// `vrf`, retires the VRF key (moved to `.prev`) so the next start makes a new one from pool
+/// entropy. Each current file must decrypt under the at-rest key first: a wrong at-rest key
+/// changes nothing.
+pub fn rotate(cfg: &QuantumConfig, falcon: bool, vrf: bool) -> Result<Rotated, QuantumError> {
+    let at_rest = AtRestKey::from_config(cfg)?;
+    keystore::ensure_dir(&cfg.state_dir)?;
+    // Check both before changing either.
+    if falcon {
+        load_falcon(cfg, &at_rest)?;
+    }
+    if vrf {
+        load_vrf(cfg, &at_rest)?;
+    }
+    let mut out = Rotated::default();
+    if falcon {
+        let k = SigningKey::generate();
+        let prev = keystore::replace(&falcon_path(cfg), &seal_falcon(&at_rest, &k))?;
+        out.falcon = Some((k.verifying_key().id().to_string(), prev));
+    }
+    if vrf {
+        let path = vrf_path(cfg);
+        if path.exists() {
+            let prev = retire(&path)?;
+            out.vrf_retired = Some(prev);
+        }
+    }
+    Ok(out)
+}
+
+fn retire(path: &Path) -> Result<PathBuf, QuantumError> {
+    let prev = path.with_extension("sealed.prev");
+    std::fs::rename(path, &prev).map_err(|source| keystore::KeyStoreError::Write {
+        path: prev.clone(),
+        source,
+    })?;
+    Ok(prev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dir: &Path) -> QuantumConfig {
+        let key = dir.join("at-rest.key");
+        if !key.exists() {
+            std::fs::write(&key, [5u8; 32]).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let mut c = QuantumConfig::new(dir.join("state"));
+        c.at_rest_key_file = Some(key);
+        c
+    }
+
+    #[test]
+    fn falcon_persists_and_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        let at_rest = AtRestKey::from_config(&c).unwrap();
+        let k1 = load_or_create_falcon(&c, &at_rest).unwrap();
+        let k2 = load_or_create_falcon(&c, &at_rest).unwrap();
+        assert_eq!(k1.verifying_key().as_bytes(), k2.verifying_key().as_bytes());
+        let r = rotate(&c, true, false).unwrap();
+        let (id, prev) = r.falcon.unwrap();
+        assert!(prev.unwrap().exists());
+        let k3 = load_falcon(&c, &at_rest).unwrap().unwrap();
+        assert_eq!(k3.verifying_key().id().to_string(), id);
+        assert_ne!(k3.verifying_key().as_bytes(), k1.verifying_key().as_bytes());
+    }
+
+    #[test]
+    fn vrf_key_sealed_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        let at_rest = AtRestKey::from_config(&c).unwrap();
+        let k = make_vrf_key(&c, &at_rest, SecretBytes::new(vec![9; 32])).unwrap();
+        let again = load_vrf(&c, &at_rest).unwrap().unwrap();
+        assert_eq!(k.public_key(), again.public_key());
+        // A second generation does not replace the first key.
+        let other = make_vrf_key(&c, &at_rest, SecretBytes::new(vec![8; 32])).unwrap();
+        assert_eq!(other.public_key(), k.public_key());
+        // Retiring moves it aside; a wrong at-rest key changes nothing.
+        let before = std::fs::read(vrf_path(&c)).unwrap();
+        let mut wrong = c.clone();
+        let wk = dir.path().join("wrong.key");
+        std::fs::write(&wk, [6u8; 32]).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wk, std::fs::Permissions::from_mode(0o600)).unwrap();
+        wrong.at_rest_key_file = Some(wk);
+        assert!(rotate(&wrong, true, true).is_err());
+        assert_eq!(std::fs::read(vrf_path(&c)).unwrap(), before);
+        let r = rotate(&c, false, true).unwrap();
+        assert!(r.vrf_retired.unwrap().exists());
+        assert!(load_vrf(&c, &at_rest).unwrap().is_none());
+    }
+}
