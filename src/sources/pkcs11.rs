@@ -5,7 +5,9 @@
 //! and initialised once per process and never finalised, since C_Finalize would pull it from under
 //! any other source using the same module. A session is opened and logged in on first use and
 //! reopened after any error (token removed, HSM restarted). Calls block, so they run on tokio's
-//! blocking pool, one at a time per source.
+//! blocking pool, one at a time per source. PKCS#11 keeps login state per process and token: once
+//! one session is logged in, another source's C_Login on that token answers "already logged in"
+//! whatever its PIN, which is accepted.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
