@@ -377,7 +377,8 @@ impl SourceConfig {
                     resolve(base, p);
                 }
             }
-            SourceType::Device(d) => resolve(base, &mut d.path),
+            // A device path must be absolute (validate): never relative to the config.
+            SourceType::Device(_) => {}
         }
     }
 
