@@ -144,6 +144,53 @@ async fn hub_with_real_sources_delivers_hybrid_packets_to_kirqd() {
             "{id}: {metrics}"
         );
     }
+
+    // A daemon's pull may ask for one source by kind or id.
+    let id = kirq::tls::Identity::load(
+        &dir.path().join("demo-kirqd.crt"),
+        &dir.path().join("demo-kirqd.key"),
+    )
+    .unwrap();
+    let hub_ca = kirq::tls::load_certs(&dir.path().join("hub-ca.pem")).unwrap();
+    let client = kirq::tls::https_client(
+        kirq::tls::client_config(&id, &hub_ca, false).unwrap(),
+        Duration::from_secs(10),
+    );
+    let url = format!("https://localhost:{}/api/hub/refill", hub.pull_addr.port());
+    let pull = |source: &'static str| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let body =
+                serde_json::json!({"recipient": "demo-kirqd", "bytes": 8192, "source": source});
+            client
+                .post(url)
+                .header("X-Quantum-Transport", "v1")
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for (source, want) in [("qrng", vec!["quantis", "truerng"]), ("os", vec!["os"])] {
+        let r = pull(source).await;
+        assert!(r.status().is_success(), "{source}: {}", r.status());
+        let body = r.bytes().await.unwrap();
+        let mut rest = &body[..];
+        let mut packets = 0;
+        while !rest.is_empty() {
+            let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+            let p = kirq::wire::Packet::decode(&rest[4..4 + len])
+                .unwrap()
+                .packet;
+            let ids: Vec<&str> = p.provenance.iter().map(|e| e.id.as_str()).collect();
+            assert_eq!(ids, want, "{source}");
+            rest = &rest[4 + len..];
+            packets += 1;
+        }
+        assert_eq!(packets, 2, "{source}");
+    }
+    assert_eq!(pull("hsm").await.status(), reqwest::StatusCode::BAD_REQUEST);
+
     daemon.stop();
     hub.stop();
 }

@@ -91,15 +91,6 @@ impl Pkcs11Source {
             }),
         })
     }
-
-    /// Opens the token now, so that a wrong module, label or PIN shows at start-up.
-    pub fn open(&self) -> Result<(), SourceError> {
-        let mut s = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
-        if s.is_none() {
-            *s = Some(self.inner.open_session()?);
-        }
-        Ok(())
-    }
 }
 
 impl Inner {
