@@ -312,7 +312,23 @@ impl PacketFactory {
     }
 
     fn set_mode(&self, mode: Mode, healthy: usize) {
-        *lock(&self.mode) = (mode, healthy);
+        let before = std::mem::replace(&mut *lock(&self.mode), (mode, healthy)).0;
+        if before != mode {
+            let need = self.hybrid.min_sources;
+            match mode {
+                Mode::Hybrid | Mode::Idle => {
+                    tracing::info!(healthy, need, "hybrid packets again")
+                }
+                Mode::Single => tracing::warn!(
+                    healthy,
+                    need,
+                    "below min_sources: making single-source packets"
+                ),
+                Mode::Stopped => {
+                    tracing::error!(healthy, need, "below min_sources: no packets")
+                }
+            }
+        }
         self.hm
             .below_min
             .set(i64::from(mode == Mode::Single || mode == Mode::Stopped));

@@ -86,6 +86,21 @@ pub struct Meta {
     pub min_entropy_per_byte: f64,
 }
 
+/// Locks a blocking adapter's device state without waiting: a call still running (one that
+/// outlived its fetch's timeout) makes the next fetch fail fast instead of piling up threads.
+pub(crate) fn try_lock<'a, T>(
+    m: &'a std::sync::Mutex<T>,
+    what: &str,
+) -> Result<std::sync::MutexGuard<'a, T>, SourceError> {
+    match m.try_lock() {
+        Ok(g) => Ok(g),
+        Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => Err(SourceError::Unavailable(format!(
+            "a previous {what} is still running"
+        ))),
+    }
+}
+
 /// Reads a secret (token, PIN) from a file: at most 4 KiB, one line, trailing newline removed.
 /// Errors name the file, never its content.
 pub fn read_secret_file(path: &std::path::Path) -> Result<zeroize::Zeroizing<String>, SourceError> {

@@ -130,7 +130,8 @@ impl Inner {
     }
 
     fn fill(&self, out: &mut [u8]) -> Result<(), SourceError> {
-        let mut guard = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = super::try_lock(&self.session, "C_GenerateRandom")?;
+
         if guard.is_none() {
             *guard = Some(self.open_session()?);
         }

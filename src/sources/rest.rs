@@ -339,8 +339,9 @@ impl RestSource {
         let body = httpx::read_body(resp, self.spec.max_response, self.timeout).await?;
         let mut data = if self.spec.format == DataFormat::Octets {
             if !content_type.starts_with("application/octet-stream") {
+                let shown: String = content_type.chars().take(64).collect();
                 return Err(SourceError::BadResponse(format!(
-                    "content type {content_type:?}, expected application/octet-stream"
+                    "content type {shown:?}, expected application/octet-stream"
                 )));
             }
             Zeroizing::new(body.to_vec())

@@ -145,10 +145,7 @@ impl Inner {
     }
 
     fn fill(&self, out: &mut [u8], deadline: Instant) -> Result<(), SourceError> {
-        let mut guard = self
-            .open
-            .try_lock()
-            .map_err(|_| SourceError::Unavailable("a previous USB read is still running".into()))?;
+        let mut guard = super::try_lock(&self.open, "USB read")?;
         if guard.is_none() {
             *guard = Some(self.open()?);
         }
