@@ -79,7 +79,7 @@ async fn a_silent_device_times_out_within_its_deadline() {
     let took = t.elapsed();
     assert_eq!(e.reason(), "timeout", "{e}");
     assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_millis(900),
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
         "{took:?}"
     );
 }
