@@ -3,13 +3,13 @@
 // Helpers outside #[test] fns unwrap too: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+mod source_support;
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::source_from_toml;
+use source_support::source_from_toml;
 
 struct Pty {
     master: File,

@@ -7,16 +7,16 @@
 // Helpers outside #[test] fns unwrap too: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+mod source_support;
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use common::{factory, source_from_toml};
 use kirq::config::HybridConfig;
 use kirq::metrics::HubMetrics;
 use kirq::wire::{Packet, SourceKind};
+use source_support::{factory, source_from_toml};
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const LABEL: &str = "kirq-test";
