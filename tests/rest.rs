@@ -16,7 +16,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use base64::Engine;
 use kirq::config::HybridConfig;
 use kirq::metrics::HubMetrics;
@@ -94,6 +94,35 @@ fn uint8_json(values: &[u32]) -> Response {
     axum::Json(serde_json::json!({ "data": values })).into_response()
 }
 
+/// A service of our own: POST with a JSON body, nested data in the format the body asks for.
+async fn custom(State(s): State<S>, headers: HeaderMap, body: Bytes) -> Response {
+    hit(&s, "custom");
+    assert_eq!(
+        headers.get(header::CONTENT_TYPE).unwrap(),
+        "application/json"
+    );
+    if headers.get("x-token").and_then(|v| v.to_str().ok()) != Some("custom-secret-token") {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let n = req["bytes"].as_u64().unwrap() as usize;
+    let data = serve(&s, n);
+    let encoded = match req["encoding"].as_str().unwrap() {
+        // Two strings, to show lists of strings are joined in order.
+        "hex" => serde_json::json!([hex::encode(&data[..n / 2]), hex::encode(&data[n / 2..])]),
+        "base64url" => {
+            serde_json::json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&data))
+        }
+        "uint16" => serde_json::json!(
+            data.chunks(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect::<Vec<_>>()
+        ),
+        other => panic!("encoding {other}"),
+    };
+    axum::Json(serde_json::json!({"result": {"data": encoded}})).into_response()
+}
+
 /// One failure shape per route.
 async fn fail(State(s): State<S>, Path(case): Path<String>, q: Q) -> Response {
     hit(&s, &case);
@@ -154,6 +183,7 @@ async fn server() -> (TlsServer, S) {
         .route("/api/v1/quantum-entropy", get(qrypt))
         .route("/api/2.0/streambytes", get(quantis))
         .route("/fail/{case}", any(fail))
+        .route("/custom", post(custom))
         .with_state(state.clone());
     (https_server(router).await, state)
 }
@@ -198,6 +228,31 @@ async fn presets_fetch_exactly_what_the_service_served() {
             "Debug hides the token"
         );
     }
+}
+
+#[tokio::test]
+async fn a_generic_service_with_post_body_and_each_string_format() {
+    let (srv, log) = server().await;
+    let tok = token_file(&srv, "custom.tok", "custom-secret-token");
+    for format in ["hex", "base64url", "uint16"] {
+        let body = format!(r#"{{"bytes": {{n}}, "encoding": "{format}"}}"#);
+        let (src, _) = source_from_toml(&format!(
+            "type = \"rest\"\nid = \"mine\"\nmethod = \"POST\"\nurl = \"{}/custom\"\n\
+             body = '{body}'\nauth_header = \"x-token\"\ntoken_file = \"{tok}\"\n\
+             data_pointer = \"/result/data\"\nformat = \"{format}\"\nmax_bytes_per_call = 500\n\
+             ca_cert = \"{}\"",
+            srv.base(),
+            srv.ca_path.display()
+        ));
+        log.lock().unwrap().served.clear();
+        let got = src
+            .fetch(1200)
+            .await
+            .unwrap_or_else(|e| panic!("{format}: {e}"));
+        assert_eq!(got.expose(), &log.lock().unwrap().served[..], "{format}");
+    }
+    // 1200 bytes at 500 a call: three calls per format.
+    assert_eq!(log.lock().unwrap().hits["custom"], 9);
 }
 
 #[tokio::test]
