@@ -37,6 +37,13 @@ async fn server() -> TlsServer {
             get(|q: Q| async move { octets(vec![0x55; n(&q)]) }),
         )
         .route(
+            "/delayed",
+            get(|q: Q| async move {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                octets(random(n(&q)))
+            }),
+        )
+        .route(
             "/slow",
             get(|q: Q| async move {
                 tokio::time::sleep(Duration::from_secs(5)).await;
@@ -46,10 +53,16 @@ async fn server() -> TlsServer {
     https_server(router).await
 }
 
+/// A rest source on the loopback service; `timeout_ms = 300` unless `extra` sets it.
 fn rest(srv: &TlsServer, id: &str, path: &str, extra: &str) -> String {
+    let timeout = if extra.contains("timeout_ms") {
+        ""
+    } else {
+        "timeout_ms = 300\n"
+    };
     format!(
         "type = \"rest\"\nid = \"{id}\"\nurl = \"{}/{path}?n={{n}}\"\nformat = \"octets\"\n\
-         max_bytes_per_call = 65536\nca_cert = \"{}\"\ntimeout_ms = 300\n{extra}",
+         max_bytes_per_call = 65536\nca_cert = \"{}\"\n{timeout}{extra}",
         srv.base(),
         srv.ca_path.display()
     )
@@ -203,4 +216,29 @@ async fn weights_split_credit_and_single_source_requests_use_that_source() {
     assert!(!f.knows("hsm"));
     let e = f.build_from("d1", 1024, &m, Some("hsm")).await.unwrap_err();
     assert!(matches!(e, BuildError::UnknownSource(_)), "{e}");
+}
+
+#[tokio::test]
+async fn sources_are_asked_concurrently() {
+    let srv = server().await;
+    let sources = (0..3)
+        .map(|i| {
+            let id = format!("q{i}");
+            source_from_toml(&rest(&srv, &id, "delayed", "timeout_ms = 2000"))
+        })
+        .collect();
+    let f = factory(
+        sources,
+        HybridConfig {
+            min_sources: 3,
+            below_min: BelowMin::Stop,
+        },
+    );
+    let t = Instant::now();
+    let p = f.build("d1", 1024, &HubMetrics::new()).await.unwrap();
+    let took = t.elapsed();
+    assert_eq!(provenance(&p).len(), 3);
+    // Three sources that each take 250 ms: together, not one after another.
+    assert!(took < Duration::from_millis(700), "{took:?}");
+    eprintln!("three 250 ms sources: packet in {took:?}");
 }
