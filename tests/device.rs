@@ -103,3 +103,29 @@ async fn a_character_device_is_read_without_tty_settings() {
     let e = src.fetch(16).await.unwrap_err();
     assert!(e.to_string().contains("not a tty"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_built_at_once_take_turns_at_a_slow_device() {
+    // A serial RNG that trickles: 64 bytes every 5 ms, so one 1 KiB read takes about 80 ms.
+    let p = pty();
+    let mut master = p.master.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 64];
+        loop {
+            getrandom::fill(&mut b).unwrap();
+            if master.write_all(&b).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let src = source_from_toml(&format!(
+        "type = \"device\"\nid = \"trickle\"\npath = \"{}\"\ntimeout_ms = 3000",
+        p.path
+    ));
+    let f = source_support::factory(vec![src], kirq::config::HybridConfig::default());
+    let m = kirq::metrics::HubMetrics::new();
+    let (a, b) = tokio::join!(f.build("d1", 1024, &m), f.build("d2", 1024, &m));
+    assert!(a.is_ok() && b.is_ok(), "{:?} / {:?}", a.err(), b.err());
+    assert_eq!(m.packets_built.get(), 2);
+}

@@ -69,6 +69,9 @@ pub struct TrackedSource {
     pub health: Mutex<SourceHealth>,
     pub gate: Mutex<Gate>,
     pub settings: SourceSettings,
+    /// Held for the length of one fetch: packets built concurrently (push loops, pulls) take
+    /// turns at a source instead of colliding in it, each within its own timeout.
+    turn: tokio::sync::Mutex<()>,
 }
 
 /// What the last packet attempt did, for /health.
@@ -127,6 +130,7 @@ impl PacketFactory {
                     source: s,
                     health: Mutex::new(h),
                     gate: Mutex::new(Gate::new(settings.policy)),
+                    turn: tokio::sync::Mutex::new(()),
                     settings,
                 }
             })
@@ -353,6 +357,7 @@ impl PacketFactory {
             let want = (share as usize).clamp(1, MAX_CONTRIBUTION_BYTES as usize);
             async move {
                 let r = tokio::time::timeout(s.settings.timeout, async {
+                    let _turn = s.turn.lock().await;
                     if let Some(t) = not_before {
                         tokio::time::sleep_until(t.into()).await;
                     }
