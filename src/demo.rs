@@ -53,8 +53,9 @@ pub fn configs(dir: &Path, http: Option<SocketAddr>) -> anyhow::Result<(HubConfi
             id: DAEMON_ID.into(),
             url: Some(format!("https://localhost:{daemon_port}")),
         }],
-        sources: vec![SourceConfig::Local { id: "local".into() }],
+        sources: vec![SourceConfig::local("local")],
         health: HealthConfig::default(),
+        hybrid: Default::default(),
     };
     let daemon = DaemonConfig {
         id: DAEMON_ID.into(),

@@ -8,8 +8,8 @@
 mod build;
 mod serve;
 
-pub use build::{BuildError, PacketFactory};
-pub use serve::{MAX_PACKETS_PER_PULL, RunningHub, start};
+pub use build::{BuildError, Mode, PacketFactory, SourceReport, SourceSettings, TrackedSource};
+pub use serve::{MAX_PACKETS_PER_PULL, RunningHub, make_source, start};
 
 use std::path::Path;
 

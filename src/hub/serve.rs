@@ -13,11 +13,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 
-use super::build::PacketFactory;
-use crate::config::{HubConfig, SourceConfig};
+use super::build::{PacketFactory, SourceSettings};
+use crate::config::{HubConfig, SourceConfig, SourceType};
 use crate::crypto::falcon::SigningKey;
 use crate::metrics::HubMetrics;
-use crate::sources::{Source, local::LocalSource};
+use crate::sources::device::DeviceSource;
+use crate::sources::gate::Policy;
+use crate::sources::pkcs11::Pkcs11Source;
+use crate::sources::spore::SporeSource;
+use crate::sources::usb::UsbSource;
+use crate::sources::{Meta, Source, SourceError, local::LocalSource, rest};
 use crate::tls::{self, Identity, PeerCert};
 
 /// Most packets one refill answer carries.
@@ -51,10 +56,41 @@ impl RunningHub {
     }
 }
 
-fn make_source(c: &SourceConfig) -> Box<dyn Source> {
-    match c {
-        SourceConfig::Local { id } => Box::new(LocalSource::new(id.clone())),
-    }
+/// Builds one source from its config. Files it names (tokens, PINs, pinned certificates) are
+/// read now, so a bad one stops the hub at start; devices and services are first contacted on the
+/// first fetch, so one that is down only degrades the hub.
+pub fn make_source(c: &SourceConfig) -> Result<(Box<dyn Source>, SourceSettings), SourceError> {
+    let common = &c.common;
+    let meta = Meta {
+        id: c.id().to_owned(),
+        kind: c.kind(),
+        min_entropy_per_byte: common.min_entropy_per_byte,
+    };
+    let timeout = Duration::from_millis(common.timeout_ms);
+    let min_interval = Duration::from_millis(common.min_interval_ms);
+    let settings = SourceSettings {
+        weight: common.weight,
+        timeout,
+        policy: Policy {
+            min_interval,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(common.backoff_max_secs),
+            quota_wait: Duration::from_secs(common.quota_wait_secs),
+        },
+    };
+    let source: Box<dyn Source> = match &c.source {
+        SourceType::Local {} => Box::new(LocalSource::with_meta(meta)),
+        SourceType::Rest(r) => {
+            let spec = rest::Spec::resolve(r)
+                .map_err(|(k, why)| SourceError::Fatal(format!("config key `{k}`: {why}")))?;
+            Box::new(rest::RestSource::new(meta, spec, timeout, min_interval)?)
+        }
+        SourceType::Pkcs11(p) => Box::new(Pkcs11Source::new(meta, p)?),
+        SourceType::Spore(sp) => Box::new(SporeSource::new(meta, sp, timeout)?),
+        SourceType::Usb(u) => Box::new(UsbSource::new(meta, u, timeout)),
+        SourceType::Device(d) => Box::new(DeviceSource::new(meta, d, timeout)),
+    };
+    Ok((source, settings))
 }
 
 /// Starts every part of the hub and returns once its listeners are bound.
@@ -66,15 +102,23 @@ pub async fn start(cfg: HubConfig, key: SigningKey) -> anyhow::Result<RunningHub
         tls::client_config(&identity, &daemon_ca, cfg.tls.pq_only)?,
         Duration::from_secs(10),
     );
-    let metrics = Arc::new(HubMetrics::new());
-    let sources = cfg.sources.iter().map(make_source).collect();
+    let mut sources = Vec::with_capacity(cfg.sources.len());
+    for c in &cfg.sources {
+        let s = make_source(c)
+            .map_err(|e| anyhow::anyhow!("source {:?} ({}): {e}", c.id(), c.source.name()))?;
+        sources.push(s);
+    }
     let factory = PacketFactory::new(
         key,
         sources,
         cfg.health.alpha_exponent,
         Duration::from_secs(cfg.health.quarantine_secs),
         cfg.packet_lifetime_ms,
+        cfg.hybrid.clone(),
     );
+    let mut metrics = HubMetrics::new();
+    factory.register_metrics(&mut metrics.registry);
+    let metrics = Arc::new(metrics);
     tracing::info!(
         hub = %cfg.id,
         key_id = %factory.key().verifying_key().id(),
@@ -215,14 +259,18 @@ async fn push_loop(
 struct RefillRequest {
     recipient: String,
     bytes: usize,
+    /// Serve packets from the sources with this id or kind only (e.g. `"qrng"`, `"hsm"`).
+    #[serde(default)]
+    source: Option<String>,
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
 }
 
-/// `POST /api/hub/refill`: `{"recipient": ID, "bytes": N}` → a stream of `u32 len ‖ packet`
-/// holding at least N bytes of entropy (at most [`MAX_PACKETS_PER_PULL`] packets).
+/// `POST /api/hub/refill`: `{"recipient": ID, "bytes": N, "source"?: ID or KIND}` → a stream of
+/// `u32 len ‖ packet` holding at least N bytes of entropy (at most [`MAX_PACKETS_PER_PULL`]
+/// packets; `bytes: 0` is a reachability probe answered with nothing).
 async fn refill(
     State(state): State<Arc<HubState>>,
     Extension(peer): Extension<PeerCert>,
@@ -258,12 +306,24 @@ async fn refill(
             "client certificate does not name the recipient",
         );
     }
+    if let Some(name) = &req.source
+        && !state.factory.knows(name)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "`source` names no configured source id or kind",
+        );
+    }
     let n = state.packet_bytes;
     // `bytes: 0` is a reachability probe: an empty answer.
     let count = req.bytes.div_ceil(n).min(MAX_PACKETS_PER_PULL);
     let mut out = zeroize::Zeroizing::new(Vec::with_capacity(count * (n + 2048)));
     for _ in 0..count {
-        match state.factory.build(&req.recipient, n, &state.metrics).await {
+        match state
+            .factory
+            .build_from(&req.recipient, n, &state.metrics, req.source.as_deref())
+            .await
+        {
             Ok(p) => {
                 out.extend_from_slice(&(p.len() as u32).to_be_bytes());
                 out.extend_from_slice(&p);
@@ -296,25 +356,18 @@ async fn hub_metrics(State(state): State<Arc<HubState>>) -> Response {
 }
 
 async fn hub_health(State(state): State<Arc<HubState>>) -> Json<serde_json::Value> {
-    let sources: Vec<_> = state
-        .factory
-        .sources()
-        .iter()
-        .map(|s| {
-            let h = s.health.lock().unwrap_or_else(|e| e.into_inner());
-            serde_json::json!({
-                "id": s.source.id(),
-                "kind": s.source.kind().as_str(),
-                "status": h.status(),
-                "quality": h.quality(),
-                "last_failure": h.last_failure(),
-                "last_success": h.last_success().map(crate::util::rfc3339),
-            })
-        })
-        .collect();
+    let f = &state.factory;
+    let sources: Vec<_> = f.sources().iter().map(|s| s.report()).collect();
+    let (mode, healthy) = f.mode();
     Json(serde_json::json!({
         "hub": state.id,
-        "key_id": state.factory.key().verifying_key().id().to_string(),
+        "key_id": f.key().verifying_key().id().to_string(),
+        "hybrid": {
+            "min_sources": f.hybrid().min_sources,
+            "below_min": f.hybrid().below_min,
+            "mode": mode,
+            "healthy_sources": healthy,
+        },
         "sources": sources,
     }))
 }

@@ -1,24 +1,38 @@
 //! The `local` source: the operating system's RNG (getrandom). It keeps a hub working with no
 //! hardware attached; its bytes are always marked `local`, never passed off as quantum.
 
-use super::{Source, SourceError};
+use super::{Meta, Source, SourceError};
 use crate::secret::SecretBytes;
 use crate::wire::SourceKind;
 
 #[derive(Debug)]
 pub struct LocalSource {
-    id: String,
+    meta: Meta,
 }
 
 impl LocalSource {
     pub fn new(id: impl Into<String>) -> Self {
-        Self { id: id.into() }
+        Self::with_meta(Meta {
+            id: id.into(),
+            kind: SourceKind::Local,
+            min_entropy_per_byte: 8.0,
+        })
+    }
+
+    /// Config decides the id and the declared min-entropy; the kind is always `local`.
+    pub fn with_meta(meta: Meta) -> Self {
+        Self {
+            meta: Meta {
+                kind: SourceKind::Local,
+                ..meta
+            },
+        }
     }
 }
 
 impl Source for LocalSource {
     fn id(&self) -> &str {
-        &self.id
+        &self.meta.id
     }
 
     fn kind(&self) -> SourceKind {
@@ -26,13 +40,10 @@ impl Source for LocalSource {
     }
 
     fn min_entropy_per_byte(&self) -> f64 {
-        8.0
+        self.meta.min_entropy_per_byte
     }
 
-    fn fetch(
-        &self,
-        n: usize,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<SecretBytes, SourceError>> + Send + '_>> {
+    fn fetch(&self, n: usize) -> super::FetchFuture<'_> {
         Box::pin(async move {
             let mut buf = SecretBytes::zeroed(n);
             getrandom::fill(buf.expose_mut()).map_err(|e| SourceError::Failed(e.to_string()))?;
