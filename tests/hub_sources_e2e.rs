@@ -45,7 +45,8 @@ async fn hub_with_real_sources_delivers_hybrid_packets_to_kirqd() {
     });
 
     let dir = tempfile::tempdir().unwrap();
-    let (mut hub_cfg, daemon_cfg) = kirq::demo::configs(dir.path(), None).unwrap();
+    let (mut hub_cfg, daemon_cfg) =
+        kirq::demo::configs(dir.path(), Some(([127, 0, 0, 1], 0).into())).unwrap();
     let sources = format!(
         "[[sources]]\ntype = \"rest\"\nid = \"quantis\"\npreset = \"quantis\"\n\
          base_url = \"{}\"\nca_cert = \"{}\"\nweight = 2\n\
@@ -190,6 +191,33 @@ async fn hub_with_real_sources_delivers_hybrid_packets_to_kirqd() {
         assert_eq!(packets, 2, "{source}");
     }
     assert_eq!(pull("hsm").await.status(), reqwest::StatusCode::BAD_REQUEST);
+
+    // A consumer asking kirqd for qrng bytes: the pool holds only hybrid ones, so the first answer
+    // is 503 and kirqd pulls qrng-only packets from the hub; then the request is served.
+    let url = format!("http://{}/api/rng/random", daemon.http_addr.unwrap());
+    let ask = || async {
+        let r = reqwest::Client::new()
+            .post(&url)
+            .json(&serde_json::json!({ "num_bytes": 64, "source": "qrng" }))
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+    assert_eq!(ask().await.0, 503, "no qrng bytes yet");
+    let t = Instant::now();
+    let body = loop {
+        let (status, body) = ask().await;
+        if status == 200 || t.elapsed() > Duration::from_secs(15) {
+            assert_eq!(status, 200, "{body}");
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["source"], "qrng", "{body}");
 
     daemon.stop();
     hub.stop();

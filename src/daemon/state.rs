@@ -9,7 +9,7 @@ use crate::config::DaemonConfig;
 use crate::crypto::falcon::VerifyingKey;
 use crate::health::SourceHealth;
 use crate::metrics::DaemonMetrics;
-use crate::pool::{Pool, PoolError};
+use crate::pool::{Pool, PoolError, Provenance};
 use crate::secret::Hardening;
 use crate::util::now_ms;
 use crate::verify::{Policy, Reject, Verifier};
@@ -60,6 +60,8 @@ pub struct Daemon {
     local_health: Mutex<SourceHealth>,
     /// Health-test record of packets per hub key id.
     hub_quality: Mutex<HashMap<String, SourceHealth>>,
+    /// Provenance classes consumers asked for and the pool lacked: pulled next, by kind.
+    wanted: Mutex<Vec<Provenance>>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -111,6 +113,7 @@ impl Daemon {
                 quarantine,
             )),
             hub_quality: Mutex::new(HashMap::new()),
+            wanted: Mutex::new(Vec::new()),
             cfg,
         }
     }
@@ -157,6 +160,18 @@ impl Daemon {
                 Err(ReceiveError::Pool(e))
             }
         }
+    }
+
+    /// A consumer asked for `class` and the pool had too little: ask the hubs for packets of
+    /// that kind at the next refill. Hybrid is what hubs make by default, so it needs no filter.
+    pub fn want_class(&self, class: Provenance) {
+        if class != Provenance::Hybrid {
+            let mut w = lock(&self.wanted);
+            if !w.contains(&class) {
+                w.push(class);
+            }
+        }
+        self.pool.request_refill();
     }
 
     fn new_quality(&self) -> SourceHealth {
@@ -222,17 +237,27 @@ impl Daemon {
         client: &reqwest::Client,
         i: usize,
         bytes: usize,
+        source: Option<Provenance>,
     ) -> Result<usize, String> {
         let base = lock(&self.hubs)[i].url.clone();
         let url = format!("{}/api/hub/refill", base.trim_end_matches('/'));
+        let mut req = serde_json::json!({ "recipient": self.cfg.id, "bytes": bytes });
+        if let Some(p) = source {
+            req["source"] = p.as_str().into();
+        }
         let resp = client
             .post(&url)
             .header("X-Quantum-Transport", "v1")
-            .json(&serde_json::json!({ "recipient": self.cfg.id, "bytes": bytes }))
+            .json(&req)
             .send()
             .await
             .map_err(|e| format!("request failed: {e}"))?;
         let status = resp.status();
+        if status == reqwest::StatusCode::BAD_REQUEST && source.is_some() {
+            // The hub answered: it just has no source of that kind.
+            self.touch_hub();
+            return Ok(0);
+        }
         if !status.is_success() {
             return Err(format!("hub answered {status}"));
         }
@@ -283,12 +308,24 @@ pub(super) async fn refill_task(d: Arc<Daemon>, client: reqwest::Client) {
             _ = d.pool.refill_needed() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+        // Consumers that asked for one provenance class the pool lacked come first.
+        let classes = std::mem::take(&mut *lock(&d.wanted));
+        for class in classes {
+            let want = d.cfg.pool.refill_bytes.min(d.pool.free());
+            for i in 0..d.cfg.hubs.len() {
+                match d.pull(&client, i, want, Some(class)).await {
+                    Ok(n) if n > 0 => break,
+                    Ok(_) => {}
+                    Err(e) => d.set_hub(i, Err(e)),
+                }
+            }
+        }
         if !d.pool.below_low_watermark() {
             continue;
         }
         let want = d.cfg.pool.refill_bytes.min(d.pool.free());
         for i in 0..d.cfg.hubs.len() {
-            match d.pull(&client, i, want).await {
+            match d.pull(&client, i, want, None).await {
                 Ok(n) => {
                     d.set_hub(i, Ok(()));
                     tracing::debug!(hub = i, admitted = n, "refill done");
@@ -312,7 +349,7 @@ pub(super) async fn probe_task(d: Arc<Daemon>, client: reqwest::Client) {
         let probes = (0..d.cfg.hubs.len()).map(|i| {
             let (d, client) = (&d, &client);
             async move {
-                let r = d.pull(client, i, 0).await;
+                let r = d.pull(client, i, 0, None).await;
                 if let Err(e) = &r {
                     tracing::debug!(hub = %d.cfg.hubs[i].url, error = %e, "hub probe failed");
                 }

@@ -128,6 +128,9 @@ pub async fn random(State(d): State<Arc<Daemon>>, body: Body) -> Response {
         Ok(t) => t,
         Err(PoolError::Insufficient { available, wanted }) => {
             d.metrics.request(Consumer::Http.as_str(), "insufficient");
+            if let Want::Only(class) = req.want {
+                d.want_class(class);
+            }
             return ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 message: format!(

@@ -376,6 +376,11 @@ impl Pool {
         Ok(by)
     }
 
+    /// Wakes the refill task (a consumer wants bytes the pool lacks).
+    pub fn request_refill(&self) {
+        self.refill.notify_one();
+    }
+
     /// Resolves when the pool fell below its low watermark (or a consumer found it empty).
     pub async fn refill_needed(&self) {
         self.refill.notified().await
