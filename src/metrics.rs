@@ -46,6 +46,10 @@ pub struct DaemonMetrics {
     pub hub_last_packet_age: Gauge<f64, AtomicU64>,
     pub tls_handshake_failures: Counter,
     pub http_rejected: Family<Label1, Counter>,
+    /// `entropy_requests_total{consumer="http",outcome="ok"}`, resolved once for the hot path.
+    pub http_ok: Counter,
+    /// `entropy_served_bytes_total{consumer="http"}`, resolved once for the hot path.
+    pub http_served: Counter,
 }
 
 impl DaemonMetrics {
@@ -66,6 +70,8 @@ impl DaemonMetrics {
             hub_last_packet_age: Gauge::default(),
             tls_handshake_failures: Counter::default(),
             http_rejected: Family::default(),
+            http_ok: Counter::default(),
+            http_served: Counter::default(),
         };
         registry.register(
             "entropy_pool_bytes",
@@ -143,7 +149,23 @@ impl DaemonMetrics {
                 .admitted_bytes
                 .get_or_create(&l1("provenance", p.as_str()));
         }
-        Self { registry, ..m }
+        let http_ok = m
+            .requests
+            .get_or_create(&[
+                ("consumer", "http".to_owned()),
+                ("outcome", "ok".to_owned()),
+            ])
+            .clone();
+        let http_served = m
+            .served_bytes
+            .get_or_create(&l1("consumer", "http"))
+            .clone();
+        Self {
+            registry,
+            http_ok,
+            http_served,
+            ..m
+        }
     }
 
     pub fn reject(&self, reason: &str) {

@@ -1,4 +1,4 @@
-//! Every config example in docs/sources.md loads and validates, and mistakes in a source's config
+//! Every config example in the README's sources section loads and validates, and mistakes in a source's config
 //! are refused with an error that names the key.
 // Helpers outside #[test] fns unwrap too: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
@@ -28,9 +28,16 @@ fn toml_blocks(md: &str) -> Vec<String> {
 
 #[test]
 fn every_example_in_the_docs_loads() {
-    let md =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/sources.md")).unwrap();
-    let blocks = toml_blocks(&md);
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("<!-- sources:begin")
+        .expect("sources section in README.md");
+    let end = readme
+        .find("<!-- sources:end -->")
+        .expect("end of the sources section");
+    let md = &readme[start..end];
+    let blocks = toml_blocks(md);
     assert!(blocks.len() >= 11, "found {} examples", blocks.len());
     let mut types = std::collections::BTreeSet::new();
     for b in &blocks {

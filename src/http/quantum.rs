@@ -415,7 +415,7 @@ pub async fn vrf_public_key(State(d): State<Arc<Daemon>>) -> Response {
 /// Signs a message with the daemon's Falcon-512 service key.
 ///
 /// The signature's randomness (nonce and sampler seed) comes from PQClean's `randombytes`, i.e.
-/// the operating system's RNG; see `docs/quantum.md`.
+/// the operating system's RNG; see the README section on the `/quantum/*` endpoints.
 #[utoipa::path(post, path = "/quantum/falcon-signature", tag = "quantum",
     request_body(content = FalconSignRequest, content_type = "application/json"),
     responses(

@@ -1,6 +1,7 @@
 //! Handlers for the `/api/rng/*` endpoints and `/metrics`.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::Json;
@@ -152,8 +153,8 @@ pub async fn random(State(d): State<Arc<Daemon>>, body: Body) -> Response {
             .into_response();
         }
     };
-    d.metrics.request(Consumer::Http.as_str(), "ok");
-    d.metrics.served(Consumer::Http.as_str(), taken.bytes.len());
+    d.metrics.http_ok.inc();
+    d.metrics.http_served.inc_by(taken.bytes.len() as u64);
     let data = Zeroizing::new(match req.encoding {
         Encoding::Hex => hex::encode(taken.bytes.expose()),
         Encoding::Base64 => base64::engine::general_purpose::STANDARD.encode(taken.bytes.expose()),
@@ -161,28 +162,39 @@ pub async fn random(State(d): State<Arc<Daemon>>, body: Body) -> Response {
     let source = taken
         .single_provenance()
         .map_or("mixed", Provenance::as_str);
-    let provenance: BTreeMap<&str, usize> = Provenance::ALL
-        .iter()
-        .filter_map(|p| {
-            let n = taken.by_provenance[*p as usize];
-            (n > 0).then_some((p.as_str(), n))
-        })
-        .collect();
-    let meta = serde_json::json!({
-        "num_bytes": req.num_bytes,
-        "encoding": if req.encoding == Encoding::Hex { "hex" } else { "base64" },
-        "source": source,
-        "provenance": provenance,
-        "consumed": true,
-        "timestamp": crate::util::rfc3339_now(),
-    });
-    // Splice the secret in by hand so no serde_json::Value ever holds it.
-    let meta = meta.to_string();
-    let mut body = Zeroizing::new(String::with_capacity(meta.len() + data.len() + 20));
+    // Written by hand (every value is a number or a fixed ASCII label, nothing to escape) so no
+    // serde_json::Value ever holds the secret, and with no intermediate allocations.
+    let mut body = Zeroizing::new(String::with_capacity(data.len() + 220));
     body.push_str("{\"random_data\":\"");
     body.push_str(&data);
-    body.push_str("\",");
-    body.push_str(&meta[1..]);
+    let encoding = if req.encoding == Encoding::Hex {
+        "hex"
+    } else {
+        "base64"
+    };
+    let _ = write!(
+        body,
+        "\",\"num_bytes\":{},\"encoding\":\"{encoding}\",\"source\":\"{source}\",\"provenance\":{{",
+        req.num_bytes
+    );
+    let mut first = true;
+    for p in Provenance::ALL {
+        let n = taken.by_provenance[p as usize];
+        if n > 0 {
+            let _ = write!(
+                body,
+                "{}\"{}\":{n}",
+                if first { "" } else { "," },
+                p.as_str()
+            );
+            first = false;
+        }
+    }
+    let _ = write!(
+        body,
+        "}},\"consumed\":true,\"timestamp\":\"{}\"}}",
+        crate::util::rfc3339_now()
+    );
     (
         [(header::CONTENT_TYPE, "application/json")],
         Body::from(body.as_bytes().to_vec()),
