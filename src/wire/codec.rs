@@ -141,7 +141,7 @@ impl<'a> Reader<'a> {
         if !super::valid_name(raw) {
             return Err(DecodeError::BadName(f));
         }
-        Ok(String::from_utf8(raw.to_vec()).map_err(|_| DecodeError::BadName(f))?)
+        String::from_utf8(raw.to_vec()).map_err(|_| DecodeError::BadName(f))
     }
 
     pub(super) fn finish(self) -> Result<(), DecodeError> {
