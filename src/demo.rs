@@ -10,8 +10,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::{
-    DaemonConfig, DaemonEndpoint, FallbackConfig, HealthConfig, HttpConfig, HubConfig, HubEndpoint,
-    HubTlsConfig, PoolConfig, ReceiveConfig, SourceConfig, TrustConfig,
+    DaemonConfig, DaemonEndpoint, DeviceConfig, DeviceMode, FallbackConfig, HealthConfig,
+    HttpConfig, HubConfig, HubEndpoint, HubTlsConfig, KernelFeedConfig, PoolConfig, ReceiveConfig,
+    SourceConfig, TrustConfig,
 };
 use crate::crypto::falcon::SigningKey;
 
@@ -79,6 +80,11 @@ pub fn configs(dir: &Path, http: Option<SocketAddr>) -> anyhow::Result<(HubConfi
             ..HttpConfig::default()
         },
         health: HealthConfig::default(),
+        device: DeviceConfig {
+            mode: DeviceMode::Off,
+            ..DeviceConfig::default()
+        },
+        kernel: KernelFeedConfig::default(),
     };
     hub.validate()?;
     daemon.validate()?;

@@ -27,6 +27,10 @@ enum Cmd {
         /// Path to the daemon's TOML config.
         #[arg(long, short, default_value = "/etc/kirq/kirqd.toml")]
         config: PathBuf,
+        /// A spool of length-prefixed packets (as in a refill answer) to verify and admit at
+        /// start, e.g. a seed handed over by a VM host.
+        #[arg(long)]
+        admit_packets: Option<PathBuf>,
     },
     /// Run a hub and a daemon in this process with throwaway keys and certificates.
     ///
@@ -49,7 +53,10 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     kirq::util::init_logging(&cli.log);
     let result = match cli.cmd {
-        Cmd::Run { config } => kirq::daemon::run(&config).await,
+        Cmd::Run {
+            config,
+            admit_packets,
+        } => kirq::daemon::run(&config, admit_packets.as_deref()).await,
         Cmd::Demo { listen } => kirq::demo::run(listen).await,
         Cmd::CheckConfig { config } => kirq::config::DaemonConfig::load(&config)
             .map_err(anyhow::Error::from)

@@ -6,6 +6,7 @@
 //! `fallback.after_secs` without any hub), and the HTTP shim ([`crate::http`]).
 
 mod state;
+pub mod systemd;
 
 pub use state::{Daemon, HubStatus, ReceiveError};
 
@@ -25,12 +26,16 @@ pub struct RunningDaemon {
     pub receive_addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    device: Option<crate::device::DeviceHandle>,
 }
 
 impl RunningDaemon {
     pub fn stop(self) {
         for t in self.tasks {
             t.abort();
+        }
+        if let Some(d) = self.device {
+            d.stop();
         }
     }
 }
@@ -87,6 +92,11 @@ pub async fn start(
 
     tasks.push(tokio::spawn(state::refill_task(daemon.clone(), client)));
     tasks.push(tokio::spawn(state::fallback_task(daemon.clone())));
+    let (status, device) = crate::device::start(&daemon, &cfg.device)?;
+    daemon.set_device_status(status);
+    if cfg.kernel.enabled {
+        tasks.push(tokio::spawn(crate::kernel::run(daemon.clone())));
+    }
     tracing::info!(
         id = %cfg.id,
         receive = %receive_addr,
@@ -99,15 +109,27 @@ pub async fn start(
         receive_addr,
         http_addr,
         tasks,
+        device,
     })
 }
 
-/// Runs the daemon from a config file until SIGINT/SIGTERM.
-pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+/// Runs the daemon from a config file until SIGINT/SIGTERM. `admit` is an optional spool of
+/// length-prefixed packets verified and admitted at start (see [`Daemon::admit_spool`]).
+pub async fn run(config_path: &Path, admit: Option<&Path>) -> anyhow::Result<()> {
     let cfg = DaemonConfig::load(config_path)?;
     let hardening = crate::secret::harden_process();
     log_hardening(hardening);
+    let kernel = cfg.kernel.enabled;
     let d = start(cfg, hardening).await?;
+    if let Some(p) = admit {
+        let bytes = zeroize::Zeroizing::new(std::fs::read(p)?);
+        let (packets, n) = d.daemon.admit_spool(&bytes).map_err(anyhow::Error::msg)?;
+        tracing::info!(packets, bytes = n, spool = %p.display(), "spool admitted");
+    }
+    if !kernel {
+        // With the kernel feeder, READY=1 follows the first seeding instead.
+        systemd::notify("READY=1\nSTATUS=serving");
+    }
     shutdown_signal().await;
     tracing::info!(
         unserved_bytes = d.daemon.pool.len(),

@@ -1,0 +1,158 @@
+//! The pool as a device: `/dev/<name>` through CUSE ([`cuse`]), or a file on a FUSE mount
+//! ([`fuse`]) where the kernel has no CUSE. Both are thin front ends over one [`core::DeviceCore`],
+//! so blocking, `O_NONBLOCK`, poll, ioctls, fairness and accounting are the same code.
+//!
+//! [`start`] applies `device.mode`: `auto` takes CUSE when /dev/cuse opens, else FUSE when a
+//! mountpoint is configured, else HTTP only, and says which (log line and `/api/rng/health`).
+
+pub mod core;
+pub mod cuse;
+pub mod fuse;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::{DeviceConfig, DeviceMode};
+use crate::daemon::Daemon;
+
+pub use self::core::DeviceCore;
+
+/// What the device face is doing, for `/api/rng/health`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceStatus {
+    /// `cuse`, `fuse` or `off` (HTTP only).
+    pub mode: &'static str,
+    /// The node or file readers open.
+    pub path: Option<PathBuf>,
+    /// Why this mode (what `auto` found, or the error that left the device off).
+    pub reason: String,
+}
+
+/// A running device face.
+#[derive(Debug)]
+pub enum DeviceHandle {
+    Cuse(cuse::CuseDevice),
+    Fuse(fuse::FuseDevice),
+}
+
+impl DeviceHandle {
+    pub fn stop(self) {
+        match self {
+            Self::Cuse(c) => c.stop(),
+            Self::Fuse(f) => f.stop(),
+        }
+    }
+}
+
+/// Starts the device face `cfg` asks for. An explicit mode that fails is an error; `auto` falls
+/// through CUSE → FUSE → off and reports why. Must run inside a tokio runtime.
+pub fn start(
+    daemon: &Arc<Daemon>,
+    cfg: &DeviceConfig,
+) -> anyhow::Result<(DeviceStatus, Option<DeviceHandle>)> {
+    let core = DeviceCore::new(daemon.clone(), cfg.rate_limit_bytes_per_second);
+    let cuse_path = PathBuf::from("/dev").join(&cfg.name);
+    let start_cuse = |core: Arc<DeviceCore>| {
+        cuse::CuseDevice::start(core, &cfg.name).map(|c| {
+            (
+                DeviceStatus {
+                    mode: "cuse",
+                    path: Some(cuse_path.clone()),
+                    reason: "CUSE character device".into(),
+                },
+                Some(DeviceHandle::Cuse(c)),
+            )
+        })
+    };
+    let start_fuse = |core: Arc<DeviceCore>, mp: &PathBuf, reason: String| {
+        fuse::FuseDevice::start(core, mp, &cfg.name).map(|f| {
+            (
+                DeviceStatus {
+                    mode: "fuse",
+                    path: Some(f.path.clone()),
+                    reason,
+                },
+                Some(DeviceHandle::Fuse(f)),
+            )
+        })
+    };
+    let off = |reason: String| DeviceStatus {
+        mode: "off",
+        path: None,
+        reason,
+    };
+    let (status, handle) = match cfg.mode {
+        DeviceMode::Off => (off("device.mode = \"off\"".into()), None),
+        DeviceMode::Cuse => start_cuse(core)?,
+        DeviceMode::Fuse => {
+            let mp = cfg
+                .mountpoint
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("device.mode = \"fuse\" needs device.mountpoint"))?;
+            start_fuse(core, mp, "device.mode = \"fuse\"".into())?
+        }
+        DeviceMode::Auto => match start_cuse(core.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                let why = format!("{e:#}");
+                match &cfg.mountpoint {
+                    Some(mp) => match start_fuse(core, mp, format!("auto: no CUSE ({why})")) {
+                        Ok(r) => r,
+                        Err(f) => (
+                            off(format!("auto: no CUSE ({why}); FUSE failed ({f:#})")),
+                            None,
+                        ),
+                    },
+                    None => (
+                        off(format!("auto: no CUSE ({why}) and no device.mountpoint")),
+                        None,
+                    ),
+                }
+            }
+        },
+    };
+    match status.mode {
+        "off" => {
+            tracing::warn!(reason = %status.reason, "no device face; entropy is served over HTTP only")
+        }
+        m => {
+            tracing::info!(mode = m, path = ?status.path, reason = %status.reason, "device face up")
+        }
+    }
+    Ok((status, handle))
+}
+
+/// A daemon with no listeners and helpers to fill its pool, for tests and benchmarks.
+pub mod testing {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::daemon::Daemon;
+    use crate::health::SourceHealth;
+
+    /// A daemon built from the demo's configs (throwaway keys in a temporary directory).
+    pub fn local_daemon() -> (tempfile::TempDir, Arc<Daemon>) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (_hub, cfg) = crate::demo::configs(dir.path(), None).expect("demo configs");
+        let keys = crate::daemon::load_trusted_keys(&cfg).expect("hub key");
+        let hardening = crate::secret::Hardening {
+            no_core_dumps: false,
+            memory_locked: false,
+        };
+        (dir, Arc::new(Daemon::new(cfg, keys, hardening)))
+    }
+
+    /// Adds `n` health-tested local bytes (marked `local`) to the pool.
+    pub fn fill(d: &Daemon, n: usize) -> usize {
+        let mut h = SourceHealth::new(20, 8.0, Duration::ZERO);
+        let mut added = 0;
+        while added < n {
+            let k = (n - added).min(1 << 20);
+            match d.pool.fill_local(k, &mut h) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => added += k,
+            }
+        }
+        added
+    }
+}
