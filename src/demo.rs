@@ -91,10 +91,23 @@ pub fn configs(dir: &Path, http: Option<SocketAddr>) -> anyhow::Result<(HubConfi
     Ok((hub, daemon))
 }
 
-/// Runs the demo until Ctrl-C.
-pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
+/// Runs the demo until Ctrl-C. With `device_dir`, the pool is also served as
+/// `<device_dir>/kirq-rng`: a FUSE file, or with `cuse` a symlink to the CUSE node /dev/kirq-rng.
+pub async fn run(
+    listen: SocketAddr,
+    device_dir: Option<std::path::PathBuf>,
+    cuse: bool,
+) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("kirq-demo-").tempdir()?;
-    let (hub_cfg, daemon_cfg) = configs(dir.path(), Some(listen))?;
+    let (hub_cfg, mut daemon_cfg) = configs(dir.path(), Some(listen))?;
+    if let Some(d) = &device_dir {
+        daemon_cfg.device.mode = if cuse {
+            DeviceMode::Cuse
+        } else {
+            DeviceMode::Fuse
+        };
+        daemon_cfg.device.mountpoint = Some(d.clone());
+    }
     let key = SigningKey::load(&hub_cfg.signing_key)?;
     let key_id = key.verifying_key().id();
     let hardening = crate::secret::harden_process();
@@ -102,6 +115,17 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     let hub = crate::hub::start(hub_cfg, key).await?;
     let daemon = crate::daemon::start(daemon_cfg, hardening).await?;
     let http = daemon.http_addr.unwrap_or(listen);
+    let device = daemon.daemon.device_status();
+    let mut link = None;
+    if let (Some(d), Some(node)) = (&device_dir, &device.path)
+        && device.mode == "cuse"
+    {
+        let l = d.join(&daemon.daemon.cfg.device.name);
+        std::fs::create_dir_all(d)?;
+        let _ = std::fs::remove_file(&l);
+        std::os::unix::fs::symlink(node, &l)?;
+        link = Some(l);
+    }
     println!("Kirq demo running (Ctrl-C to stop)");
     println!(
         "  hub     {HUB_ID}: Falcon-512 key {key_id}, source `local` (OS RNG), pull on https://{}",
@@ -119,6 +143,11 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     println!("  curl -s http://{http}/api/rng/health");
     println!("  curl -s http://{http}/api/rng/stats");
     println!("  curl -s http://{http}/metrics");
+    if let Some(p) = link.as_ref().or(device.path.as_ref()) {
+        println!();
+        println!("  the pool as a device ({}): {}", device.mode, p.display());
+        println!("  head -c 32 {} | od -An -tx1", p.display());
+    }
     println!();
     let d = daemon.daemon.clone();
     let reporter = tokio::spawn(async move {
@@ -140,6 +169,9 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     println!("stopping; unserved entropy is discarded");
     reporter.abort();
     daemon.stop();
+    if let Some(l) = link {
+        let _ = std::fs::remove_file(l);
+    }
     hub.stop();
     Ok(())
 }

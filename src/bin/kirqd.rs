@@ -40,6 +40,29 @@ enum Cmd {
         /// Address of the HTTP API.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Also serve the pool as DIR/kirq-rng (a FUSE mount; needs /dev/fuse).
+        #[arg(long)]
+        device_dir: Option<PathBuf>,
+        /// With --device-dir: create /dev/kirq-rng through CUSE and link DIR/kirq-rng to it.
+        #[arg(long, requires = "device_dir")]
+        cuse: bool,
+    },
+    /// Check a device node or file as programs use it (consumes entropy), or benchmark it.
+    ///
+    /// Prints one `KIRQ-PROBE` line per check; exits non-zero when a check fails.
+    ProbeDevice {
+        /// The device node or FUSE file, e.g. /dev/kirq-rng.
+        path: PathBuf,
+        /// Files other readers wrote from the device at the same time (no 16-byte window may
+        /// repeat across them).
+        #[arg(long)]
+        compare: Vec<PathBuf>,
+        /// Measure read throughput (4, 64 and 128 KiB reads) against /dev/urandom instead.
+        #[arg(long)]
+        bench: bool,
+        /// Bytes read per block size when benchmarking.
+        #[arg(long, default_value_t = 8 << 20)]
+        bench_bytes: usize,
     },
     /// Check a config file and the files it names, then exit.
     CheckConfig {
@@ -57,7 +80,17 @@ async fn main() -> std::process::ExitCode {
             config,
             admit_packets,
         } => kirq::daemon::run(&config, admit_packets.as_deref()).await,
-        Cmd::Demo { listen } => kirq::demo::run(listen).await,
+        Cmd::Demo {
+            listen,
+            device_dir,
+            cuse,
+        } => kirq::demo::run(listen, device_dir, cuse).await,
+        Cmd::ProbeDevice {
+            path,
+            compare,
+            bench,
+            bench_bytes,
+        } => probe(&path, &compare, bench, bench_bytes),
         Cmd::CheckConfig { config } => kirq::config::DaemonConfig::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(|c| kirq::daemon::load_trusted_keys(&c).map(|k| (c, k)))
@@ -71,4 +104,33 @@ async fn main() -> std::process::ExitCode {
             }),
     };
     kirq::util::exit_with(result)
+}
+
+fn probe(
+    path: &std::path::Path,
+    compare: &[PathBuf],
+    bench: bool,
+    bytes: usize,
+) -> anyhow::Result<()> {
+    use kirq::device::probe;
+    if bench {
+        let rows = probe::bench(
+            path,
+            &[4096, 65536, 131072],
+            bytes,
+            std::time::Duration::from_secs(60),
+        )
+        .map_err(anyhow::Error::msg)?;
+        for r in rows {
+            println!("{r}");
+        }
+        return Ok(());
+    }
+    let checks = probe::run_checks(path, compare);
+    for c in &checks {
+        println!("{c}");
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    anyhow::ensure!(failed == 0, "{failed} device checks failed");
+    Ok(())
 }

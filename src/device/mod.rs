@@ -8,6 +8,7 @@
 pub mod core;
 pub mod cuse;
 pub mod fuse;
+pub mod probe;
 
 use std::path::PathBuf;
 use std::sync::Arc;
