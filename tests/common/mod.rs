@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests that drive real programs and kernels.
 #![allow(dead_code)]
 
+pub mod vm;
+
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
