@@ -53,6 +53,7 @@ async fn cuse_device_and_kernel_feeder_in_a_vm() {
         "KIRQ-PROBE check ioctl-tcgets-enotty PASS",
         "KIRQ-PROBE check nonblock-eagain PASS",
         "KIRQ-PROBE check poll-wakes-on-refill PASS",
+        "KIRQ-PROBE check interrupt-eintr PASS",
         "KIRQ-PROBE check blocking-read PASS",
         "KIRQ-VM check feeder-reseed PASS",
         "KIRQ-VM check node-disappears PASS",

@@ -3,6 +3,8 @@
 //! a live /dev/kirq-rng (it consumes entropy: the checks drain the pool once).
 //!
 //! Every result is one line starting with [`PREFIX`], so a harness can pick them out of a console.
+//! The one `unsafe` here installs a no-op SIGUSR1 handler so a blocked read can be interrupted.
+#![allow(unsafe_code)]
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -198,6 +200,7 @@ pub fn run_checks(path: &Path, compare: &[PathBuf]) -> Vec<Check> {
         }
         Err("the pool never stayed empty long enough to poll it".into())
     }));
+    out.push(check("interrupt-eintr", || interrupted_read(path)));
     out.push(check("blocking-read", || {
         let mut f = open(path, false).map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; 65536];
@@ -208,6 +211,50 @@ pub fn run_checks(path: &Path, compare: &[PathBuf]) -> Vec<Check> {
         Ok(format!("{n} bytes"))
     }));
     out
+}
+
+extern "C" fn ignore_signal(_: nix::libc::c_int) {}
+
+/// A blocking read on a drained device, hit by SIGUSR1 (handler without `SA_RESTART`), must end
+/// with EINTR. A refill that lands before the signal satisfies the read instead; then retry.
+fn interrupted_read(path: &Path) -> Result<String, String> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let sa = SigAction::new(
+        SigHandler::Handler(ignore_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler is an empty `extern "C"` function, which is async-signal-safe; nothing
+    // else in this process relies on SIGUSR1.
+    unsafe { sigaction(Signal::SIGUSR1, &sa) }.map_err(|e| format!("sigaction: {e}"))?;
+    for attempt in 1..=20 {
+        let mut nb = open(path, true).map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 131072];
+        while nb.read(&mut buf).is_ok() {}
+        let p = path.to_owned();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let _ = tx.send(nix::sys::pthread::pthread_self());
+            let mut f = open(&p, false)?;
+            let mut b = [0u8; 16];
+            f.read(&mut b)
+        });
+        let tid = rx.recv().map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_millis(30));
+        let t = Instant::now();
+        nix::sys::pthread::pthread_kill(tid, Signal::SIGUSR1).map_err(|e| e.to_string())?;
+        match reader.join().map_err(|_| "reader panicked".to_string())? {
+            Err(e) if e.kind() == ErrorKind::Interrupted => {
+                return Ok(format!(
+                    "EINTR {:.1} ms after the signal (attempt {attempt})",
+                    t.elapsed().as_secs_f64() * 1e3
+                ));
+            }
+            Err(e) => return Err(format!("expected EINTR, got {e}")),
+            Ok(_) => continue, // a refill won the race
+        }
+    }
+    Err("a refill satisfied the read before every signal (20 attempts)".into())
 }
 
 /// One throughput measurement: device vs /dev/urandom with the same read size.
