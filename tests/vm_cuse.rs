@@ -20,7 +20,7 @@ fn line<'a>(lines: &'a [String], prefix: &str) -> &'a str {
 async fn cuse_device_and_kernel_feeder_in_a_vm() {
     vm::need_vm_tools();
     let dir = tempfile::tempdir().expect("tmp");
-    let files = vm::prepare(dir.path(), 64 * 1024, 16 << 20, 0).await;
+    let files = vm::prepare(dir.path(), vm::Guest::CHECK).await;
     let t = std::time::Instant::now();
     let out = vm::run(
         std::path::Path::new(env!("CARGO_BIN_EXE_kirqd")),

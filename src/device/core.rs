@@ -176,25 +176,32 @@ impl DeviceCore {
 
     /// One attempt: takes 1..=size bytes for `fh` or returns `WouldBlock` (pool empty or the
     /// file's rate limit reached), with the wait the rate limit asks for.
-    fn attempt(&self, fh: u64, size: usize) -> Result<Zeroizing<Vec<u8>>, (DevError, Duration)> {
+    /// One attempt into `dst`: takes 1..=dst.len() bytes for `fh` or returns `WouldBlock` (pool
+    /// empty or the file's rate limit reached), with the wait the rate limit asks for.
+    fn attempt_into(&self, fh: u64, dst: &mut [u8]) -> Result<usize, (DevError, Duration)> {
         let allow = match self.allowance(fh).map_err(|e| (e, Duration::ZERO))? {
             Ok(n) => n,
             Err(wait) => return Err((DevError::WouldBlock, wait)),
         };
-        let n = size.min(allow).min(MAX_READ);
-        let mut buf = Zeroizing::new(vec![0u8; n]);
-        match self.daemon.pool.take_into(&mut buf, Want::Any, false) {
+        let n = dst.len().min(allow).min(MAX_READ);
+        match self.daemon.pool.take_into(&mut dst[..n], Want::Any, false) {
             Ok(by) => {
                 let got: usize = by.iter().sum();
-                buf.truncate(got);
                 self.spend(fh, got);
                 let m = &self.daemon.metrics;
                 m.served(Consumer::Device.as_str(), got);
                 m.request(CONSUMER, "ok");
-                Ok(buf)
+                Ok(got)
             }
             Err(_) => Err((DevError::WouldBlock, Duration::ZERO)),
         }
+    }
+
+    fn attempt(&self, fh: u64, size: usize) -> Result<Zeroizing<Vec<u8>>, (DevError, Duration)> {
+        let mut buf = Zeroizing::new(vec![0u8; size.min(MAX_READ)]);
+        let got = self.attempt_into(fh, &mut buf)?;
+        buf.truncate(got);
+        Ok(buf)
     }
 
     /// A read that never waits: bytes, or `WouldBlock`. Used for the first try of every read (in
@@ -204,6 +211,15 @@ impl DeviceCore {
             return Ok(Zeroizing::new(Vec::new()));
         }
         self.attempt(fh, size).map_err(|(e, _)| e)
+    }
+
+    /// [`DeviceCore::try_read`] straight into a caller's buffer (a reply being built), so the
+    /// bytes are copied once. Returns how many bytes were written to the front of `dst`.
+    pub fn try_read_into(&self, fh: u64, dst: &mut [u8]) -> Result<usize, DevError> {
+        if dst.is_empty() {
+            return Ok(0);
+        }
+        self.attempt_into(fh, dst).map_err(|(e, _)| e)
     }
 
     /// Counts a read answered with an error.
@@ -297,6 +313,11 @@ impl DeviceCore {
             lock(&self.pollers).push(w);
         }
         self.readable()
+    }
+
+    /// Drops every registered poll wakeup (a front end is stopping; the wakeups hold its fd).
+    pub fn clear_pollers(&self) {
+        lock(&self.pollers).clear();
     }
 
     /// Runs the registered poll wakeups after each admission. Runs until aborted.

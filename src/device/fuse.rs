@@ -235,6 +235,7 @@ impl fuser::Filesystem for DeviceFs {
 /// A mounted FUSE fallback; dropping it (or [`FuseDevice::stop`]) unmounts.
 #[derive(Debug)]
 pub struct FuseDevice {
+    core: Arc<DeviceCore>,
     session: Option<fuser::BackgroundSession>,
     notifier: tokio::task::JoinHandle<()>,
     pub path: std::path::PathBuf,
@@ -274,10 +275,11 @@ impl FuseDevice {
                 mountpoint.display()
             )
         })?;
-        let notifier = rt.spawn(core.poll_notifier());
+        let notifier = rt.spawn(core.clone().poll_notifier());
         let path = mountpoint.join(name);
         tracing::info!(path = %path.display(), "FUSE device file mounted");
         Ok(Self {
+            core,
             session: Some(session),
             notifier,
             path,
@@ -286,6 +288,7 @@ impl FuseDevice {
 
     fn shutdown(&mut self) {
         self.notifier.abort();
+        self.core.clear_pollers();
         if let Some(s) = self.session.take()
             && let Err(e) = s.umount_and_join()
         {

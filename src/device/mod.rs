@@ -143,17 +143,60 @@ pub mod testing {
         (dir, Arc::new(Daemon::new(cfg, keys, hardening)))
     }
 
-    /// Adds `n` health-tested local bytes (marked `local`) to the pool.
+    /// Adds `n` health-tested local bytes (marked `local`) to the pool. A health-test alarm
+    /// drops that block and the fill goes on with a fresh tester: at 8 bits per byte and
+    /// alpha = 2^-20 the repetition-count cutoff is 4 identical bytes in a row, which a perfect
+    /// source produces about once per 16 MiB.
     pub fn fill(d: &Daemon, n: usize) -> usize {
         let mut h = SourceHealth::new(20, 8.0, Duration::ZERO);
-        let mut added = 0;
+        let (mut added, mut alarms) = (0, 0);
         while added < n {
             let k = (n - added).min(1 << 20);
             match d.pool.fill_local(k, &mut h) {
-                Ok(0) | Err(_) => break,
+                Ok(0) => break,
                 Ok(k) => added += k,
+                Err(_) if alarms < 16 => {
+                    alarms += 1;
+                    h = SourceHealth::new(20, 8.0, Duration::ZERO);
+                }
+                Err(_) => break,
             }
         }
         added
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn auto_falls_back_and_says_why() {
+        let (_dir, d) = testing::local_daemon();
+        let mut cfg = DeviceConfig::default();
+        if std::path::Path::new(cuse::dev::CUSE_PATH).exists() {
+            return assert_eq!(start(&d, &cfg).map(|s| s.0.mode).ok(), Some("cuse"));
+        }
+        // This host has no CUSE: without a mountpoint, HTTP only, with the reason.
+        let (s, h) = start(&d, &cfg).expect("auto never fails");
+        assert!(h.is_none());
+        assert_eq!(s.mode, "off");
+        assert!(
+            s.reason.contains("no CUSE") && s.reason.contains("mountpoint"),
+            "{}",
+            s.reason
+        );
+        // With a mountpoint: the FUSE fallback (needs root and /dev/fuse, as the suite does).
+        let mnt = tempfile::tempdir().expect("mountpoint");
+        cfg.mountpoint = Some(mnt.path().to_owned());
+        let (s, h) = start(&d, &cfg).expect("auto never fails");
+        assert_eq!(s.mode, "fuse", "{}", s.reason);
+        assert_eq!(s.path, Some(mnt.path().join("kirq-rng")));
+        assert!(s.path.as_ref().is_some_and(|p| p.exists()));
+        h.expect("handle").stop();
+        // An explicit mode that cannot work is an error, not a silent fallback.
+        cfg.mode = DeviceMode::Cuse;
+        let e = start(&d, &cfg).expect_err("cuse mode without /dev/cuse fails");
+        assert!(format!("{e:#}").contains("/dev/cuse"), "{e:#}");
     }
 }

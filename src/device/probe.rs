@@ -280,7 +280,8 @@ impl std::fmt::Display for BenchRow {
     }
 }
 
-fn throughput(path: &Path, bytes: usize, bs: usize) -> std::io::Result<f64> {
+/// MB/s reading `bytes` from `path` with reads of `bs`.
+pub fn throughput(path: &Path, bytes: usize, bs: usize) -> std::io::Result<f64> {
     let mut f = open(path, false)?;
     let mut buf = vec![0u8; bs];
     let mut got = 0;

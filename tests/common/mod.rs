@@ -22,26 +22,33 @@ pub fn need_path(path: &str, hint: &str) {
     assert!(Path::new(path).exists(), "this test needs {path}: {hint}");
 }
 
-/// Runs `sh -c script` with a timeout; returns (exit code, stdout, stderr).
-pub async fn sh(script: &str, timeout: Duration) -> (i32, Vec<u8>, String) {
-    let child = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn sh");
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(Ok(o)) => (
-            o.status.code().unwrap_or(-1),
-            o.stdout,
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        ),
-        Ok(Err(e)) => panic!("running {script:?}: {e}"),
-        Err(_) => panic!("{script:?} did not finish within {timeout:?}"),
-    }
+/// Runs `sh -c script` under coreutils `timeout` (so a hung read cannot hang the test); returns
+/// (exit code, stdout, stderr). Runs on a blocking thread: std::process, not tokio's, so a child
+/// is reaped no matter which test runtime is alive.
+pub async fn sh(script: &str, limit: Duration) -> (i32, Vec<u8>, String) {
+    let script = script.to_owned();
+    let secs = limit.as_secs().max(1).to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("timeout")
+            .args(["-k", "5", &secs, "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| (o, script))
+    })
+    .await
+    .expect("join")
+    .expect("spawn timeout/sh");
+    let (o, script) = out;
+    let code = o.status.code().unwrap_or(-1);
+    assert!(
+        code != 124 && code != 137,
+        "{script:?} did not finish within {limit:?}"
+    );
+    (
+        code,
+        o.stdout,
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 /// Asserts no 16-byte window occurs twice within or across the outputs.

@@ -33,13 +33,51 @@ pub fn need_vm_tools() {
     }
 }
 
+/// What the guest daemon starts with.
+#[derive(Debug, Clone, Copy)]
+pub struct Guest {
+    /// Packets in the spool and the entropy bytes in each.
+    pub packets: usize,
+    pub packet_bytes: usize,
+    pub capacity: usize,
+    /// Seconds without a hub before the guest's own fallback fills the pool (`fill_bytes`).
+    pub fallback_after_secs: u64,
+    pub fill_bytes: usize,
+    /// Bytes read per block size in bench mode.
+    pub bench_bytes: usize,
+}
+
+impl Guest {
+    /// The checks: a small spool, then the fallback refills quickly (poll and EAGAIN checks).
+    pub const CHECK: Guest = Guest {
+        packets: 64,
+        packet_bytes: 4096,
+        capacity: 16 << 20,
+        fallback_after_secs: 3,
+        fill_bytes: 64 * 1024,
+        bench_bytes: 0,
+    };
+    /// The benchmark: a filled pool from the spool alone (no refill competes with the reads).
+    pub const BENCH: Guest = Guest {
+        packets: 15,
+        packet_bytes: 1 << 20,
+        capacity: 16 << 20,
+        fallback_after_secs: 3600,
+        fill_bytes: 64 * 1024,
+        bench_bytes: 4 << 20,
+    };
+}
+
 /// Writes the guest's files into `dir/files` and returns that path.
-pub async fn prepare(
-    dir: &Path,
-    fill_bytes: usize,
-    capacity: usize,
-    bench_bytes: usize,
-) -> PathBuf {
+pub async fn prepare(dir: &Path, g: Guest) -> PathBuf {
+    let Guest {
+        packets,
+        packet_bytes,
+        capacity,
+        fallback_after_secs,
+        fill_bytes,
+        bench_bytes,
+    } = g;
     let (hub, daemon) = kirq::demo::configs(dir, None).expect("configs");
     let files = dir.join("files");
     std::fs::create_dir_all(&files).expect("files dir");
@@ -61,9 +99,9 @@ pub async fn prepare(
     );
     let metrics = HubMetrics::new();
     let mut spool = Vec::new();
-    for _ in 0..64 {
+    for _ in 0..packets {
         let p = factory
-            .build(&daemon.id, 4096, &metrics)
+            .build(&daemon.id, packet_bytes, &metrics)
             .await
             .expect("packet");
         spool.extend_from_slice(&u32::try_from(p.len()).expect("len").to_be_bytes());
@@ -86,7 +124,7 @@ hub_ca = "hub-ca.pem"
 [pool]
 capacity_bytes = {capacity}
 [fallback]
-after_secs = 3
+after_secs = {fallback_after_secs}
 fill_bytes = {fill_bytes}
 [device]
 mode = "cuse"
@@ -108,22 +146,26 @@ interval_secs = 60
 /// Boots the VM in `mode` (`check` or `bench`) and returns its console output.
 pub async fn run(kirqd: &Path, files: &Path, work: &Path, mode: &str) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm/run.sh");
-    let child = tokio::process::Command::new(script)
-        .arg(cache_dir())
-        .arg(work)
-        .arg(kirqd)
-        .arg(files)
-        .arg(mode)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run tests/vm/run.sh");
-    let out = tokio::time::timeout(Duration::from_secs(600), child.wait_with_output())
-        .await
-        .expect("the VM harness did not finish within 600 s")
-        .expect("VM harness output");
+    let args: Vec<std::ffi::OsString> = vec![
+        "-k".into(),
+        "10".into(),
+        "600".into(),
+        script.into(),
+        cache_dir().into(),
+        work.into(),
+        kirqd.into(),
+        files.into(),
+        mode.into(),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("timeout")
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run tests/vm/run.sh");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),

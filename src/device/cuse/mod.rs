@@ -194,8 +194,9 @@ impl Server {
     fn read(self: &Arc<Self>, unique: u64, fh: u64, size: usize, nonblock: bool) {
         // First try on this thread; a read that must wait (or queue behind waiters) is a task.
         if nonblock || !self.core.has_waiters() {
-            match self.core.try_read(fh, size) {
-                Ok(b) => return self.send(&reply::data(unique, &b)),
+            let max = size.min(MAX_READ);
+            match reply::data_with(unique, max, |dst| self.core.try_read_into(fh, dst)) {
+                Ok(msg) => return self.send(&msg),
                 Err(DevError::WouldBlock) if !nonblock => {}
                 Err(e) => {
                     self.core.count_failure(e);
@@ -224,6 +225,7 @@ impl Server {
 /// A running CUSE device; dropping it (or [`CuseDevice::stop`]) removes the node.
 #[derive(Debug)]
 pub struct CuseDevice {
+    core: Arc<DeviceCore>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     notifier: tokio::task::JoinHandle<()>,
@@ -237,7 +239,7 @@ impl CuseDevice {
         let dev = Arc::new(dev::CuseDev::open()?);
         let rt = tokio::runtime::Handle::current();
         let notifier = rt.spawn(core.clone().poll_notifier());
-        let server = Server::new(core, dev.clone(), name, rt);
+        let server = Server::new(core.clone(), dev.clone(), name, rt);
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = {
@@ -247,6 +249,7 @@ impl CuseDevice {
                 .spawn(move || serve(dev, server, stop, ready_tx))?
         };
         let mut this = Self {
+            core,
             stop,
             thread: Some(thread),
             notifier,
@@ -271,6 +274,8 @@ impl CuseDevice {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        // Poll wakeups hold the /dev/cuse fd; the node goes when the last holder closes it.
+        self.core.clear_pollers();
     }
 
     /// Stops serving; the kernel removes the node when /dev/cuse closes.
@@ -293,6 +298,14 @@ fn serve(
 ) {
     let mut buf = vec![0u8; RECV_BUF];
     let mut announced = false;
+    // On exit, end the reads still waiting (their tasks hold the server and its fd).
+    struct EndWaits<'a>(&'a Server);
+    impl Drop for EndWaits<'_> {
+        fn drop(&mut self) {
+            lock(&self.0.pending).clear();
+        }
+    }
+    let _end = EndWaits(&server);
     while !stop.load(Ordering::SeqCst) {
         match dev.recv(&mut buf, Duration::from_millis(200)) {
             Ok(Some(n)) => server.handle(&buf[..n]),

@@ -52,6 +52,27 @@ pub fn data(unique: u64, bytes: &[u8]) -> Zeroizing<Vec<u8>> {
     v
 }
 
+/// A read reply filled in place: `fill` writes up to `max` bytes after the header and returns
+/// how many it wrote; the header then gets the final length. Zeroed when dropped.
+pub fn data_with<E>(
+    unique: u64,
+    max: usize,
+    fill: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+) -> Result<Zeroizing<Vec<u8>>, E> {
+    let mut v = Zeroizing::new(vec![0u8; OUT_HEADER_LEN + max]);
+    let n = fill(&mut v[OUT_HEADER_LEN..])?.min(max);
+    v.truncate(OUT_HEADER_LEN + n);
+    let mut h = Vec::with_capacity(OUT_HEADER_LEN);
+    FuseOutHeader {
+        len: u32::try_from(OUT_HEADER_LEN + n).unwrap_or(u32::MAX),
+        error: 0,
+        unique,
+    }
+    .write(&mut h);
+    v[..OUT_HEADER_LEN].copy_from_slice(&h);
+    Ok(v)
+}
+
 /// `fuse_ioctl_out` for a restricted ioctl answered directly, then its output bytes.
 pub fn ioctl(unique: u64, result: i32, out: &[u8]) -> Vec<u8> {
     let mut v = framed(unique, 0, 16 + out.len());
@@ -116,6 +137,11 @@ mod tests {
         assert_eq!(o.len(), 32);
         assert_eq!(&o[16..24], &42u64.to_le_bytes());
         assert_eq!(&o[24..28], &1u32.to_le_bytes());
+        let w = data_with(4, 8, |b| {
+            b[..3].copy_from_slice(&[9, 9, 9]);
+            Ok::<_, ()>(3)
+        });
+        assert_eq!(w.map(|v| v.to_vec()), Ok(data(4, &[9, 9, 9]).to_vec()));
         let d = data(4, &[9, 9, 9]);
         assert_eq!(&d[..4], &19u32.to_le_bytes());
         assert_eq!(&d[16..], &[9, 9, 9]);
