@@ -170,6 +170,27 @@ pub mod testing {
 mod tests {
     use super::*;
 
+    async fn health_json(d: &Arc<Daemon>) -> serde_json::Value {
+        use tower::ServiceExt;
+        let req = axum::http::Request::builder()
+            .uri("/api/rng/health")
+            .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                40000,
+            ))))
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let resp = crate::http::app(d.clone())
+            .oneshot(req)
+            .await
+            .expect("response");
+        assert_eq!(resp.status(), 200);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        serde_json::from_slice(&body).expect("JSON")
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn auto_falls_back_and_says_why() {
         let (_dir, d) = testing::local_daemon();
@@ -193,6 +214,11 @@ mod tests {
         assert_eq!(s.mode, "fuse", "{}", s.reason);
         assert_eq!(s.path, Some(mnt.path().join("kirq-rng")));
         assert!(s.path.as_ref().is_some_and(|p| p.exists()));
+        // /api/rng/health says which face is up.
+        d.set_device_status(s);
+        let health = health_json(&d).await;
+        assert_eq!(health["device"]["mode"], "fuse");
+        assert_eq!(health["kernel_feeder"]["state"], "off");
         h.expect("handle").stop();
         // An explicit mode that cannot work is an error, not a silent fallback.
         cfg.mode = DeviceMode::Cuse;

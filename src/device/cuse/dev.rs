@@ -62,14 +62,23 @@ impl CuseDev {
     }
 
     fn open_path(p: &Path) -> io::Result<Self> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(p)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Non-blocking: a busy server reads request after request without a poll in between.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(p)?;
         Ok(Self { file })
     }
 
-    /// Waits up to `timeout` for one message. `Ok(None)`: nothing yet (or a request the kernel
-    /// withdrew). Errors end the session (`ENODEV`: the connection was aborted).
+    /// Reads one message, waiting up to `timeout` when none is queued. `Ok(None)`: nothing yet
+    /// (or a request the kernel withdrew). Errors end the session (`ENODEV`: aborted).
     pub fn recv(&self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        if let Some(n) = self.read_one(buf)? {
+            return Ok(Some(n));
+        }
         let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
         let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(ms)) {
@@ -78,6 +87,10 @@ impl CuseDev {
             Err(nix::errno::Errno::EINTR) => return Ok(None),
             Err(e) => return Err(e.into()),
         }
+        self.read_one(buf)
+    }
+
+    fn read_one(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         match (&self.file).read(buf) {
             Ok(n) => Ok(Some(n)),
             // ENOENT: the request was interrupted before we read it; EINTR/EAGAIN: try again.
