@@ -74,3 +74,87 @@ fn without_cap_sys_admin_the_error_says_so() {
         "{text}"
     );
 }
+
+/// `kirqd run` with the feeder on: after the first seeding of the host kernel it tells systemd
+/// READY=1 (through $NOTIFY_SOCKET), and /api/rng/health shows the feeder running.
+#[test]
+fn kirqd_run_feeds_the_kernel_and_signals_ready() {
+    use std::io::Write;
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Duration;
+
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "run as root (CAP_SYS_ADMIN)"
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_hub, d) = kirq::demo::configs(dir.path(), None).expect("configs");
+    let http = kirq::demo::free_port().expect("port");
+    let cfg = dir.path().join("kirqd.toml");
+    let mut f = std::fs::File::create(&cfg).expect("config");
+    write!(
+        f,
+        r#"id = "{id}"
+[trust]
+hub_keys = ["hub-signing.pub"]
+[receive]
+listen = "{listen}"
+cert = "demo-kirqd.crt"
+key = "demo-kirqd.key"
+hub_ca = "hub-ca.pem"
+[fallback]
+after_secs = 1
+[http]
+listen = "127.0.0.1:{http}"
+[device]
+mode = "off"
+[kernel]
+enabled = true
+"#,
+        id = d.id,
+        listen = d.receive.listen,
+    )
+    .expect("write config");
+    let sock_path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&sock_path).expect("notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kirqd"))
+        .args(["--log", "warn", "run", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("start kirqd");
+    let mut buf = [0u8; 512];
+    let got = sock
+        .recv(&mut buf)
+        .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
+    let health = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "5",
+            &format!("http://127.0.0.1:{http}/api/rng/health"),
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    let got = got.expect("no sd_notify datagram within 20 s");
+    assert!(
+        got.starts_with("READY=1\nSTATUS=kernel CRNG reseeded"),
+        "{got}"
+    );
+    let health: serde_json::Value =
+        serde_json::from_str(&health.expect("curl")).expect("health JSON");
+    assert_eq!(health["kernel_feeder"]["state"], "running", "{health}");
+    assert!(
+        health["kernel_feeder"]["reseeds_total"].as_u64() >= Some(1),
+        "{health}"
+    );
+    assert_eq!(health["device"]["mode"], "off", "{health}");
+}
