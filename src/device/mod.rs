@@ -191,6 +191,35 @@ mod tests {
         serde_json::from_slice(&body).expect("JSON")
     }
 
+    #[test]
+    fn device_and_kernel_config_are_validated() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (_hub, base) = crate::demo::configs(dir.path(), None).expect("configs");
+        let key = |c: &crate::config::DaemonConfig| match c.validate() {
+            Err(crate::config::ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected an invalid key, got {other:?}"),
+        };
+        let mut c = base.clone();
+        c.device.mode = DeviceMode::Fuse;
+        assert_eq!(key(&c), "device.mountpoint");
+        let mut c = base.clone();
+        c.device.name = "../evil".into();
+        assert_eq!(key(&c), "device.name");
+        let mut c = base.clone();
+        c.kernel.credit_bits_per_byte = 9;
+        assert_eq!(key(&c), "kernel.credit_bits_per_byte");
+        let mut c = base.clone();
+        c.kernel.budget_bytes_per_minute = 1;
+        assert_eq!(key(&c), "kernel.budget_bytes_per_minute");
+        // The TOML spelling, with the defaults filled in.
+        let t: crate::config::DeviceConfig =
+            toml::from_str("mode = \"auto\"\nmountpoint = \"/run/kirq\"").expect("toml");
+        assert_eq!((t.mode, t.name.as_str()), (DeviceMode::Auto, "kirq-rng"));
+        assert!(toml::from_str::<crate::config::DeviceConfig>("mode = \"cusee\"").is_err());
+        let k: crate::config::KernelFeedConfig = toml::from_str("enabled = true").expect("toml");
+        assert_eq!((k.interval_secs, k.credit_local), (60, false));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn auto_falls_back_and_says_why() {
         let (_dir, d) = testing::local_daemon();
