@@ -142,6 +142,42 @@ except BlockingIOError as e:
         "{err}"
     );
 
+    // A blocked read whose caller gets a (handled) signal ends with EINTR and takes nothing.
+    let (rc, out, err) = sh(
+        &format!(
+            "python3 -c \"
+import os, signal, threading, time
+class Hit(Exception): pass
+def handler(s, f): raise Hit()
+signal.signal(signal.SIGUSR1, handler)
+threading.Timer(0.4, lambda: os.kill(os.getpid(), signal.SIGUSR1)).start()
+t = time.time()
+try:
+    os.read(os.open({f}, os.O_RDONLY), 64); print('read')
+except Hit:
+    print('interrupted', round(time.time() - t, 2))
+\""
+        ),
+        T,
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    assert_eq!(rc, 0, "{err}");
+    assert!(
+        text.starts_with("interrupted"),
+        "blocked read not interrupted: {text}"
+    );
+    fill(&m.daemon, 32);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(m.daemon.pool.len(), 32, "the interrupted read took bytes");
+    let mut buf = [0u8; 32];
+    assert!(
+        m.daemon
+            .pool
+            .take_into(&mut buf, kirq::pool::Want::Any, true)
+            .is_ok()
+    );
+
     // poll: not readable on an empty pool, woken by a refill (FUSE_NOTIFY_POLL).
     let poller = {
         let script = format!(

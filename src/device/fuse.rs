@@ -4,8 +4,11 @@
 //! The file is opened with `FOPEN_DIRECT_IO` (no page cache: a cached page would hand the same
 //! bytes to two readers) and `FOPEN_NONSEEKABLE`; its size reads as 0, like a device. fuser's
 //! session loop is one thread, so a read that must wait is answered from a tokio task.
-//! Limitation: fuser 0.18 answers `FUSE_INTERRUPT` with `ENOSYS`, so on the FUSE fallback a
-//! blocked read is ended by a fatal signal only (CUSE returns `EINTR` for any signal).
+//!
+//! Interrupts: fuser 0.18 answers `FUSE_INTERRUPT` with `ENOSYS`, after which the kernel waits for
+//! our answer even through SIGKILL. So a waiting read watches its caller instead: every 100 ms it
+//! reads the calling thread's signal masks from /proc, and when a signal is pending that is
+//! neither blocked nor ignored (or the caller is gone) it answers `EINTR` having taken nothing.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -117,7 +120,7 @@ impl fuser::Filesystem for DeviceFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _offset: u64,
@@ -139,8 +142,14 @@ impl fuser::Filesystem for DeviceFs {
             }
         }
         let core = self.core.clone();
+        let pid = req.pid();
         self.rt.spawn(async move {
-            match core.read(fh.0, size, false, std::future::pending()).await {
+            let cancel = async move {
+                while !signal_pending(pid) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
+            match core.read(fh.0, size, false, cancel).await {
                 Ok(b) => reply.data(&b),
                 Err(e) => reply.error(errno(e)),
             }
@@ -232,6 +241,27 @@ impl fuser::Filesystem for DeviceFs {
     }
 }
 
+/// True when thread `tid` has a signal pending that it neither blocks nor ignores (it would be
+/// interrupted), or when it no longer exists. Reads `/proc/<tid>/status`.
+fn signal_pending(tid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{tid}/status")) {
+        Ok(status) => deliverable_signals(&status) != 0,
+        Err(_) => true,
+    }
+}
+
+/// `(SigPnd | ShdPnd) & !SigBlk & !SigIgn` from a /proc status text.
+fn deliverable_signals(status: &str) -> u64 {
+    let mask = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    (mask("SigPnd:") | mask("ShdPnd:")) & !mask("SigBlk:") & !mask("SigIgn:")
+}
+
 /// A mounted FUSE fallback; dropping it (or [`FuseDevice::stop`]) unmounts.
 #[derive(Debug)]
 pub struct FuseDevice {
@@ -304,5 +334,21 @@ impl FuseDevice {
 impl Drop for FuseDevice {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn deliverable_signals_from_proc_status() {
+        let st = "Name:\tpython3\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000200\n\
+                  SigBlk:\t0000000000000000\nSigIgn:\t0000000001001000\nSigCgt:\t0\n";
+        assert_eq!(super::deliverable_signals(st), 0x200); // SIGUSR1 (10) pending
+        let blocked = st.replace("SigBlk:\t0000000000000000", "SigBlk:\t0000000000000200");
+        assert_eq!(super::deliverable_signals(&blocked), 0);
+        let ignored = st.replace("SigIgn:\t0000000001001000", "SigIgn:\t0000000001001200");
+        assert_eq!(super::deliverable_signals(&ignored), 0);
+        assert!(!super::signal_pending(std::process::id()));
+        assert!(super::signal_pending(u32::MAX));
     }
 }
