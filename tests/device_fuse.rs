@@ -20,7 +20,7 @@ const T: Duration = Duration::from_secs(30);
 
 struct Mounted {
     _dir: tempfile::TempDir,
-    _cfg: tempfile::TempDir,
+    scratch: tempfile::TempDir,
     daemon: Arc<Daemon>,
     dev: Option<FuseDevice>,
     file: PathBuf,
@@ -47,7 +47,7 @@ fn mount(rate: u64) -> Mounted {
     let file = dev.path.clone();
     Mounted {
         _dir: dir,
-        _cfg: cfg,
+        scratch: cfg,
         daemon,
         dev: Some(dev),
         file,
@@ -179,6 +179,7 @@ except Hit:
     );
 
     // poll: not readable on an empty pool, woken by a refill (FUSE_NOTIFY_POLL).
+    let marker = m.scratch.path().join("polled");
     let poller = {
         let script = format!(
             "python3 -u -c \"
@@ -186,13 +187,20 @@ import os, select, time
 fd = os.open({f}, os.O_RDONLY | os.O_NONBLOCK)
 p = select.poll(); p.register(fd, select.POLLIN)
 print('idle', p.poll(200))
+open('{marker}', 'w').close()
 t = time.time(); r = p.poll(10000)
 print('woke', r[0][1] & select.POLLIN if r else 0, round(time.time() - t, 3))
-\""
+\"",
+            marker = marker.display()
         );
         tokio::spawn(async move { sh(&script, T).await })
     };
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    // Refill only once the poller has seen the empty pool.
+    let t0 = Instant::now();
+    while !marker.exists() && t0.elapsed() < T {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let t0 = Instant::now();
     fill(&m.daemon, 100);
     let (rc, out, err) = tokio::time::timeout(T, poller)
