@@ -310,10 +310,10 @@ async fn rngd_reads_the_file_and_feeds_the_kernel() {
     let dir = tempfile::tempdir().expect("tmp");
     let trace = dir.path().join("trace");
     let pid = dir.path().join("rngd.pid");
-    // rngd never exits by itself; it runs 3 s. strace shows its RNDADDENTROPY calls.
+    // rngd never exits by itself; it runs 5 s. strace shows its RNDADDENTROPY calls.
     let (_, _, err) = sh(
         &format!(
-            "timeout -s INT 3 strace -f -e trace=ioctl -o {} rngd -f -r {} -p {} -n 1 -d 1; true",
+            "timeout -s INT 5 strace -f -e trace=ioctl -o {} rngd -f -r {} -p {} -n 1 -d 1; true",
             q(&trace),
             q(&m.file),
             q(&pid)
