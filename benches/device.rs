@@ -129,6 +129,13 @@ fn main() {
         "the VM printed no bench rows:\n{}",
         lines.join("\n")
     );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("KIRQ-VM check demo-cuse PASS")),
+        "kirqd demo --cuse failed in the VM:\n{}",
+        lines.join("\n")
+    );
     table(
         "CUSE device in a qemu VM, TCG, Debian 6.1 kernel (4 MiB per read size, release kirqd)",
         &vm_rows,

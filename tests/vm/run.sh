@@ -53,6 +53,10 @@ for lib in $(ldd "$kirqd" | grep -oE '/[^ ]+\.so[^ ]*'); do
   mkdir -p "$root$(dirname "$lib")" && cp -L "$lib" "$root$lib"
 done
 cp -r "$files"/. "$root/kirq/"
+# `localhost` must resolve without DNS (the demo's hub and daemon find each other by that name).
+mkdir -p "$root/etc"
+echo "127.0.0.1 localhost" > "$root/etc/hosts"
+echo "hosts: files" > "$root/etc/nsswitch.conf"
 echo "$mode" > "$root/kirq/mode"
 cp "$here/init" "$root/init" && chmod 755 "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$work/initrd.gz"
