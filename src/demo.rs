@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{
-    DaemonConfig, DaemonEndpoint, FallbackConfig, HealthConfig, HttpConfig, HubConfig, HubEndpoint,
-    HubTlsConfig, PoolConfig, ReceiveConfig, SourceConfig, TrustConfig,
+    DaemonConfig, DaemonEndpoint, DeviceConfig, DeviceMode, FallbackConfig, HealthConfig,
+    HttpConfig, HubConfig, HubEndpoint, HubTlsConfig, KernelFeedConfig, PoolConfig, ReceiveConfig,
+    SourceConfig, TrustConfig,
 };
 use crate::crypto::falcon::SigningKey;
 
@@ -85,6 +86,11 @@ pub fn configs(dir: &Path, http: Option<SocketAddr>) -> anyhow::Result<(HubConfi
         health: HealthConfig::default(),
         persist: Default::default(),
         quantum: None,
+        device: DeviceConfig {
+            mode: DeviceMode::Off,
+            ..DeviceConfig::default()
+        },
+        kernel: KernelFeedConfig::default(),
     };
     hub.validate()?;
     daemon.validate()?;
@@ -121,10 +127,25 @@ pub fn quantum_config(
 }
 
 /// Runs the demo until Ctrl-C. `keys` = (state dir, at-rest key file) keeps the quantum keys.
-pub async fn run(listen: SocketAddr, keys: Option<(PathBuf, PathBuf)>) -> anyhow::Result<()> {
+/// With `device_dir`, the pool is also served as `<device_dir>/kirq-rng`: a FUSE file, or with
+/// `cuse` a symlink to the CUSE node /dev/kirq-rng.
+pub async fn run(
+    listen: SocketAddr,
+    keys: Option<(PathBuf, PathBuf)>,
+    device_dir: Option<PathBuf>,
+    cuse: bool,
+) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("kirq-demo-").tempdir()?;
     let (hub_cfg, mut daemon_cfg) = configs(dir.path(), Some(listen))?;
     daemon_cfg.quantum = Some(quantum_config(dir.path(), keys)?);
+    if let Some(d) = &device_dir {
+        daemon_cfg.device.mode = if cuse {
+            DeviceMode::Cuse
+        } else {
+            DeviceMode::Fuse
+        };
+        daemon_cfg.device.mountpoint = Some(d.clone());
+    }
     let key = SigningKey::load(&hub_cfg.signing_key)?;
     let key_id = key.verifying_key().id();
     let hardening = crate::secret::harden_process();
@@ -132,6 +153,17 @@ pub async fn run(listen: SocketAddr, keys: Option<(PathBuf, PathBuf)>) -> anyhow
     let hub = crate::hub::start(hub_cfg, key).await?;
     let daemon = crate::daemon::start(daemon_cfg, hardening).await?;
     let http = daemon.http_addr.unwrap_or(listen);
+    let device = daemon.daemon.device_status();
+    let mut link = None;
+    if let (Some(d), Some(node)) = (&device_dir, &device.path)
+        && device.mode == "cuse"
+    {
+        let l = d.join(&daemon.daemon.cfg.device.name);
+        std::fs::create_dir_all(d)?;
+        let _ = std::fs::remove_file(&l);
+        std::os::unix::fs::symlink(node, &l)?;
+        link = Some(l);
+    }
     println!("Kirq demo running (Ctrl-C to stop)");
     println!(
         "  hub     {HUB_ID}: Falcon-512 key {key_id}, source `local` (OS RNG), pull on https://{}",
@@ -156,6 +188,11 @@ pub async fn run(listen: SocketAddr, keys: Option<(PathBuf, PathBuf)>) -> anyhow
         "  curl -s -X POST http://{http}/quantum/falcon-signature -H 'content-type: application/json' -d '{{\"message\":\"68656c6c6f\"}}'"
     );
     println!("  curl -s http://{http}/openapi.json");
+    if let Some(p) = link.as_ref().or(device.path.as_ref()) {
+        println!();
+        println!("  the pool as a device ({}): {}", device.mode, p.display());
+        println!("  head -c 32 {} | od -An -tx1", p.display());
+    }
     println!();
     let d = daemon.daemon.clone();
     let reporter = tokio::spawn(async move {
@@ -174,8 +211,11 @@ pub async fn run(listen: SocketAddr, keys: Option<(PathBuf, PathBuf)>) -> anyhow
         }
     });
     crate::daemon::shutdown_signal().await;
-    println!("stopping; unserved entropy is discarded");
+    println!("stopping");
     reporter.abort();
+    if let Some(l) = link {
+        let _ = std::fs::remove_file(l);
+    }
     daemon.shutdown().await?;
     hub.stop();
     Ok(())

@@ -32,6 +32,10 @@ enum Cmd {
         /// Path to the daemon's TOML config.
         #[arg(long, short, default_value = "/etc/kirq/kirqd.toml")]
         config: PathBuf,
+        /// A spool of length-prefixed packets (as in a refill answer) to verify and admit at
+        /// start, e.g. a seed handed over by a VM host.
+        #[arg(long)]
+        admit_packets: Option<PathBuf>,
     },
     /// Run a hub and a daemon in this process with throwaway keys and certificates.
     ///
@@ -48,6 +52,29 @@ enum Cmd {
         /// The at-rest key (32 raw bytes or 64 hex digits, mode 0600) sealing --state-dir.
         #[arg(long, requires = "state_dir")]
         at_rest_key_file: Option<PathBuf>,
+        /// Also serve the pool as DIR/kirq-rng (a FUSE mount; needs /dev/fuse).
+        #[arg(long)]
+        device_dir: Option<PathBuf>,
+        /// With --device-dir: create /dev/kirq-rng through CUSE and link DIR/kirq-rng to it.
+        #[arg(long, requires = "device_dir")]
+        cuse: bool,
+    },
+    /// Check a device node or file as programs use it (consumes entropy), or benchmark it.
+    ///
+    /// Prints one `KIRQ-PROBE` line per check; exits non-zero when a check fails.
+    ProbeDevice {
+        /// The device node or FUSE file, e.g. /dev/kirq-rng.
+        path: PathBuf,
+        /// Files other readers wrote from the device at the same time (no 16-byte window may
+        /// repeat across them).
+        #[arg(long)]
+        compare: Vec<PathBuf>,
+        /// Measure read throughput (4, 64 and 128 KiB reads) against /dev/urandom instead.
+        #[arg(long)]
+        bench: bool,
+        /// Bytes read per block size when benchmarking.
+        #[arg(long, default_value_t = 8 << 20)]
+        bench_bytes: usize,
     },
     /// Rotate the quantum service keys; a running kirqd uses the new keys after a restart.
     ///
@@ -78,12 +105,17 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     kirq::util::init_logging(&cli.log);
     let result = match cli.cmd {
-        Cmd::Run { config } => kirq::daemon::run(&config).await,
+        Cmd::Run {
+            config,
+            admit_packets,
+        } => kirq::daemon::run(&config, admit_packets.as_deref()).await,
         Cmd::Demo {
             listen,
             state_dir,
             at_rest_key_file,
-        } => kirq::demo::run(listen, state_dir.zip(at_rest_key_file)).await,
+            device_dir,
+            cuse,
+        } => kirq::demo::run(listen, state_dir.zip(at_rest_key_file), device_dir, cuse).await,
         Cmd::RotateKeys {
             config,
             vrf,
@@ -93,6 +125,12 @@ async fn main() -> std::process::ExitCode {
             print!("{}", kirq::http::openapi::json());
             Ok(())
         }
+        Cmd::ProbeDevice {
+            path,
+            compare,
+            bench,
+            bench_bytes,
+        } => probe(&path, &compare, bench, bench_bytes),
         Cmd::CheckConfig { config } => kirq::config::DaemonConfig::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(|c| kirq::daemon::load_trusted_keys(&c).map(|k| (c, k)))
@@ -129,5 +167,34 @@ fn rotate_keys(config: &std::path::Path, falcon: bool, vrf: bool) -> anyhow::Res
         println!("no VRF key to retire");
     }
     println!("restart kirqd to serve the new keys");
+    Ok(())
+}
+
+fn probe(
+    path: &std::path::Path,
+    compare: &[PathBuf],
+    bench: bool,
+    bytes: usize,
+) -> anyhow::Result<()> {
+    use kirq::device::probe;
+    if bench {
+        let rows = probe::bench(
+            path,
+            &[4096, 65536, 131072],
+            bytes,
+            std::time::Duration::from_secs(60),
+        )
+        .map_err(anyhow::Error::msg)?;
+        for r in rows {
+            println!("{r}");
+        }
+        return Ok(());
+    }
+    let checks = probe::run_checks(path, compare);
+    for c in &checks {
+        println!("{c}");
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    anyhow::ensure!(failed == 0, "{failed} device checks failed");
     Ok(())
 }

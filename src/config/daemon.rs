@@ -28,6 +28,10 @@ pub struct DaemonConfig {
     pub quantum: Option<super::QuantumConfig>,
     #[serde(default)]
     pub persist: PersistConfig,
+    #[serde(default)]
+    pub device: DeviceConfig,
+    #[serde(default)]
+    pub kernel: KernelFeedConfig,
 }
 
 /// Keeping unserved bytes across a clean restart (AES-256-GCM at rest).
@@ -174,6 +178,72 @@ impl Default for HealthConfig {
     }
 }
 
+/// How the pool is exposed as a character device (`/dev/<name>`) or a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceMode {
+    /// CUSE when /dev/cuse opens, else FUSE when `mountpoint` is set, else HTTP only.
+    Auto,
+    Cuse,
+    Fuse,
+    Off,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceConfig {
+    pub mode: DeviceMode,
+    /// CUSE node name (`/dev/<name>`) and the FUSE file's name.
+    pub name: String,
+    /// Directory where the FUSE fallback mounts (the file is `<mountpoint>/<name>`).
+    pub mountpoint: Option<PathBuf>,
+    /// Bytes per second one open file may read (0 = no limit); bursts up to one second's worth.
+    pub rate_limit_bytes_per_second: u64,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        Self {
+            mode: DeviceMode::Auto,
+            name: "kirq-rng".into(),
+            mountpoint: None,
+            rate_limit_bytes_per_second: 0,
+        }
+    }
+}
+
+/// Feeding the kernel's random pool from verified entropy.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelFeedConfig {
+    pub enabled: bool,
+    /// Seconds between mix + reseed rounds once the kernel's CRNG is ready.
+    pub interval_secs: u64,
+    /// Bytes handed to the kernel per round.
+    pub feed_bytes: usize,
+    /// At most this many bytes per minute go to the kernel, so it never starves other consumers.
+    pub budget_bytes_per_minute: usize,
+    /// Entropy bits credited per byte from hub-verified sources (0..=8).
+    pub credit_bits_per_byte: u32,
+    /// Credit bytes whose provenance is `local` too. Only honest when the hub runs on another
+    /// machine (its OS RNG is independent of this kernel); never credited while this daemon's own
+    /// fallback is active.
+    pub credit_local: bool,
+}
+
+impl Default for KernelFeedConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            interval_secs: 60,
+            feed_bytes: 64,
+            budget_bytes_per_minute: 4096,
+            credit_bits_per_byte: 4,
+            credit_local: false,
+        }
+    }
+}
+
 fn d_skew() -> u64 {
     crate::verify::DEFAULT_MAX_SKEW_MS
 }
@@ -206,6 +276,9 @@ impl DaemonConfig {
             if let Some(k) = &mut q.at_rest_key_file {
                 resolve(base, k);
             }
+        }
+        if let Some(m) = &mut c.device.mountpoint {
+            resolve(base, m);
         }
         c.validate()?;
         Ok(c)
@@ -294,6 +367,35 @@ impl DaemonConfig {
         }
         if let Some(q) = &self.quantum {
             q.validate()?;
+        }
+        let d = &self.device;
+        if !crate::wire::is_valid_id(&d.name) {
+            return Err(invalid(
+                "device.name",
+                "must be 1-64 characters from [A-Za-z0-9._-]",
+            ));
+        }
+        if d.mode == DeviceMode::Fuse && d.mountpoint.is_none() {
+            return Err(invalid(
+                "device.mountpoint",
+                "required when device.mode = \"fuse\"",
+            ));
+        }
+        let k = &self.kernel;
+        if !(1..=86_400).contains(&k.interval_secs) {
+            return Err(invalid("kernel.interval_secs", "must be 1..=86400"));
+        }
+        if !(1..=4096).contains(&k.feed_bytes) {
+            return Err(invalid("kernel.feed_bytes", "must be 1..=4096"));
+        }
+        if k.budget_bytes_per_minute < k.feed_bytes {
+            return Err(invalid(
+                "kernel.budget_bytes_per_minute",
+                "must be at least kernel.feed_bytes",
+            ));
+        }
+        if k.credit_bits_per_byte > 8 {
+            return Err(invalid("kernel.credit_bits_per_byte", "must be 0..=8"));
         }
         check_health(&self.health)
     }

@@ -139,7 +139,7 @@ pub enum SourceType {
     /// A vendor-class USB device with a bulk IN endpoint.
     Usb(UsbConfig),
     /// A character device or tty.
-    Device(DeviceConfig),
+    Device(DeviceSourceConfig),
 }
 
 impl SourceType {
@@ -293,7 +293,7 @@ pub struct UsbConfig {
 /// `type = "device"`.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DeviceConfig {
+pub struct DeviceSourceConfig {
     /// `/dev/hwrng`, `/dev/ttyACM0`, ...
     pub path: PathBuf,
     /// Put a tty in raw mode (default: when the path is a tty).

@@ -7,6 +7,7 @@
 //! `fallback.after_secs` without any hub), and the HTTP shim ([`crate::http`]).
 
 mod state;
+pub mod systemd;
 
 pub use state::{Daemon, HubStatus, ReceiveError};
 
@@ -36,6 +37,7 @@ pub struct RunningDaemon {
     http_task: Option<tokio::task::JoinHandle<()>>,
     stop_http: tokio::sync::watch::Sender<bool>,
     sealed: Option<(SealedFile, PoolKey)>,
+    device: Option<crate::device::DeviceHandle>,
 }
 
 impl RunningDaemon {
@@ -46,6 +48,9 @@ impl RunningDaemon {
         if let Some(t) = self.http_task {
             t.abort();
         }
+        if let Some(d) = self.device {
+            d.stop();
+        }
     }
 
     /// Stops accepting packets and requests, lets in-flight requests finish (at most
@@ -54,6 +59,9 @@ impl RunningDaemon {
     pub async fn shutdown(mut self) -> anyhow::Result<usize> {
         for t in self.tasks.drain(..) {
             t.abort();
+        }
+        if let Some(d) = self.device.take() {
+            d.stop();
         }
         let _ = self.stop_http.send(true);
         if let Some(t) = self.http_task.take() {
@@ -166,6 +174,11 @@ pub async fn start(
         tasks.push(tokio::spawn(state::probe_task(daemon.clone(), client)));
     }
     tasks.push(tokio::spawn(state::fallback_task(daemon.clone())));
+    let (status, device) = crate::device::start(&daemon, &cfg.device)?;
+    daemon.set_device_status(status);
+    if cfg.kernel.enabled {
+        tasks.push(tokio::spawn(crate::kernel::run(daemon.clone())));
+    }
     tracing::info!(
         id = %cfg.id,
         receive = %receive_addr,
@@ -181,16 +194,29 @@ pub async fn start(
         http_task,
         stop_http,
         sealed,
+        device,
     })
 }
 
 /// Runs the daemon from a config file until SIGINT/SIGTERM; SIGHUP reloads the trusted hub keys.
-pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+/// `admit` is an optional spool of length-prefixed packets verified and admitted at start (see
+/// [`Daemon::admit_spool`]).
+pub async fn run(config_path: &Path, admit: Option<&Path>) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let cfg = DaemonConfig::load(config_path)?;
     let hardening = crate::secret::harden_process();
     log_hardening(hardening);
+    let kernel = cfg.kernel.enabled;
     let d = start(cfg, hardening).await?;
+    if let Some(p) = admit {
+        let bytes = zeroize::Zeroizing::new(std::fs::read(p)?);
+        let (packets, n) = d.daemon.admit_spool(&bytes).map_err(anyhow::Error::msg)?;
+        tracing::info!(packets, bytes = n, spool = %p.display(), "spool admitted");
+    }
+    if !kernel {
+        // With the kernel feeder, READY=1 follows the first seeding instead.
+        systemd::notify("READY=1\nSTATUS=serving");
+    }
     let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {

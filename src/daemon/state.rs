@@ -62,6 +62,8 @@ pub struct Daemon {
     hub_quality: Mutex<HashMap<String, SourceHealth>>,
     /// Provenance classes consumers asked for and the pool lacked: pulled next, by kind.
     wanted: Mutex<Vec<Provenance>>,
+    device_status: Mutex<crate::device::DeviceStatus>,
+    kernel_status: Mutex<crate::kernel::FeederStatus>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -114,6 +116,15 @@ impl Daemon {
             )),
             hub_quality: Mutex::new(HashMap::new()),
             wanted: Mutex::new(Vec::new()),
+            device_status: Mutex::new(crate::device::DeviceStatus {
+                mode: "off",
+                path: None,
+                reason: "not started".into(),
+            }),
+            kernel_status: Mutex::new(crate::kernel::FeederStatus {
+                state: "off",
+                ..Default::default()
+            }),
             cfg,
         }
     }
@@ -176,6 +187,47 @@ impl Daemon {
 
     fn new_quality(&self) -> SourceHealth {
         SourceHealth::new(self.cfg.health.alpha_exponent, 8.0, Duration::ZERO)
+    }
+
+    /// The device face (CUSE, FUSE or off) for `/api/rng/health`.
+    pub fn device_status(&self) -> crate::device::DeviceStatus {
+        lock(&self.device_status).clone()
+    }
+
+    pub fn set_device_status(&self, s: crate::device::DeviceStatus) {
+        *lock(&self.device_status) = s;
+    }
+
+    /// The kernel feeder's state for `/api/rng/health`.
+    pub fn kernel_status(&self) -> crate::kernel::FeederStatus {
+        lock(&self.kernel_status).clone()
+    }
+
+    pub fn set_kernel_status(&self, f: impl FnOnce(&mut crate::kernel::FeederStatus)) {
+        f(&mut lock(&self.kernel_status));
+    }
+
+    /// Verifies and admits a file of packets, each prefixed by its length (u32, big-endian) as
+    /// in a refill answer: a seed spool handed over out of band (e.g. by a VM host). Returns
+    /// (packets admitted, bytes admitted); a packet that fails verification is skipped.
+    pub fn admit_spool(&self, bytes: &[u8]) -> Result<(usize, usize), String> {
+        let mut rest = bytes;
+        let (mut packets, mut admitted) = (0, 0);
+        while !rest.is_empty() {
+            if rest.len() < 4 {
+                return Err("spool truncated".into());
+            }
+            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            if len > rest.len() - 4 {
+                return Err("spool truncated".into());
+            }
+            if let Ok((_, n)) = self.receive(&rest[4..4 + len]) {
+                packets += 1;
+                admitted += n;
+            }
+            rest = &rest[4 + len..];
+        }
+        Ok((packets, admitted))
     }
 
     fn touch_hub(&self) {

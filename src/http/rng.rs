@@ -357,6 +357,8 @@ pub async fn health(State(d): State<Arc<Daemon>>) -> Json<serde_json::Value> {
         "sources": sources,
         "memory": d.hardening,
         "uptime_seconds": d.started.elapsed().as_secs(),
+        "device": d.device_status(),
+        "kernel_feeder": d.kernel_status(),
     }))
 }
 

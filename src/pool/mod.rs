@@ -398,6 +398,12 @@ impl Pool {
         self.arrived.notified().await
     }
 
+    /// The next admission as a future that can be registered (`Notified::enable`) before the
+    /// pool is checked, so an admission between the check and the wait is never missed.
+    pub fn arrival(&self) -> tokio::sync::futures::Notified<'_> {
+        self.arrived.notified()
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let g = self.lock();
         Snapshot {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use nix::sys::termios::{self, BaudRate, SetArg, SpecialCharacterIndices};
 
 use super::{FetchFuture, Meta, Source, SourceError};
-use crate::config::DeviceConfig;
+use crate::config::DeviceSourceConfig;
 use crate::secret::SecretBytes;
 use crate::wire::SourceKind;
 
@@ -44,7 +44,7 @@ struct Opened {
 }
 
 struct Inner {
-    cfg: DeviceConfig,
+    cfg: DeviceSourceConfig,
     open: Mutex<Option<Opened>>,
 }
 
@@ -140,7 +140,7 @@ impl Inner {
 }
 
 impl DeviceSource {
-    pub fn new(meta: Meta, cfg: &DeviceConfig, timeout: Duration) -> Self {
+    pub fn new(meta: Meta, cfg: &DeviceSourceConfig, timeout: Duration) -> Self {
         Self {
             meta,
             inner: Arc::new(Inner {

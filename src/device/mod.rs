@@ -1,0 +1,257 @@
+//! The pool as a device: `/dev/<name>` through CUSE ([`cuse`]), or a file on a FUSE mount
+//! ([`fuse`]) where the kernel has no CUSE. Both are thin front ends over one [`core::DeviceCore`],
+//! so blocking, `O_NONBLOCK`, poll, ioctls, fairness and accounting are the same code.
+//!
+//! [`start`] applies `device.mode`: `auto` takes CUSE when /dev/cuse opens, else FUSE when a
+//! mountpoint is configured, else HTTP only, and says which (log line and `/api/rng/health`).
+
+pub mod core;
+pub mod cuse;
+pub mod fuse;
+pub mod probe;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::{DeviceConfig, DeviceMode};
+use crate::daemon::Daemon;
+
+pub use self::core::DeviceCore;
+
+/// What the device face is doing, for `/api/rng/health`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceStatus {
+    /// `cuse`, `fuse` or `off` (HTTP only).
+    pub mode: &'static str,
+    /// The node or file readers open.
+    pub path: Option<PathBuf>,
+    /// Why this mode (what `auto` found, or the error that left the device off).
+    pub reason: String,
+}
+
+/// A running device face.
+#[derive(Debug)]
+pub enum DeviceHandle {
+    Cuse(cuse::CuseDevice),
+    Fuse(fuse::FuseDevice),
+}
+
+impl DeviceHandle {
+    pub fn stop(self) {
+        match self {
+            Self::Cuse(c) => c.stop(),
+            Self::Fuse(f) => f.stop(),
+        }
+    }
+}
+
+/// Starts the device face `cfg` asks for. An explicit mode that fails is an error; `auto` falls
+/// through CUSE → FUSE → off and reports why. Must run inside a tokio runtime.
+pub fn start(
+    daemon: &Arc<Daemon>,
+    cfg: &DeviceConfig,
+) -> anyhow::Result<(DeviceStatus, Option<DeviceHandle>)> {
+    let core = DeviceCore::new(daemon.clone(), cfg.rate_limit_bytes_per_second);
+    let cuse_path = PathBuf::from("/dev").join(&cfg.name);
+    let start_cuse = |core: Arc<DeviceCore>| {
+        cuse::CuseDevice::start(core, &cfg.name).map(|c| {
+            (
+                DeviceStatus {
+                    mode: "cuse",
+                    path: Some(cuse_path.clone()),
+                    reason: "CUSE character device".into(),
+                },
+                Some(DeviceHandle::Cuse(c)),
+            )
+        })
+    };
+    let start_fuse = |core: Arc<DeviceCore>, mp: &PathBuf, reason: String| {
+        fuse::FuseDevice::start(core, mp, &cfg.name).map(|f| {
+            (
+                DeviceStatus {
+                    mode: "fuse",
+                    path: Some(f.path.clone()),
+                    reason,
+                },
+                Some(DeviceHandle::Fuse(f)),
+            )
+        })
+    };
+    let off = |reason: String| DeviceStatus {
+        mode: "off",
+        path: None,
+        reason,
+    };
+    let (status, handle) = match cfg.mode {
+        DeviceMode::Off => (off("device.mode = \"off\"".into()), None),
+        DeviceMode::Cuse => start_cuse(core)?,
+        DeviceMode::Fuse => {
+            let mp = cfg
+                .mountpoint
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("device.mode = \"fuse\" needs device.mountpoint"))?;
+            start_fuse(core, mp, "device.mode = \"fuse\"".into())?
+        }
+        DeviceMode::Auto => match start_cuse(core.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                let why = format!("{e:#}");
+                match &cfg.mountpoint {
+                    Some(mp) => match start_fuse(core, mp, format!("auto: no CUSE ({why})")) {
+                        Ok(r) => r,
+                        Err(f) => (
+                            off(format!("auto: no CUSE ({why}); FUSE failed ({f:#})")),
+                            None,
+                        ),
+                    },
+                    None => (
+                        off(format!("auto: no CUSE ({why}) and no device.mountpoint")),
+                        None,
+                    ),
+                }
+            }
+        },
+    };
+    match status.mode {
+        "off" => {
+            tracing::warn!(reason = %status.reason, "no device face; entropy is served over HTTP only")
+        }
+        m => {
+            tracing::info!(mode = m, path = ?status.path, reason = %status.reason, "device face up")
+        }
+    }
+    Ok((status, handle))
+}
+
+/// A daemon with no listeners and helpers to fill its pool, for tests and benchmarks.
+pub mod testing {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::daemon::Daemon;
+    use crate::health::SourceHealth;
+
+    /// A daemon built from the demo's configs (throwaway keys in a temporary directory).
+    pub fn local_daemon() -> (tempfile::TempDir, Arc<Daemon>) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (_hub, cfg) = crate::demo::configs(dir.path(), None).expect("demo configs");
+        let keys = crate::daemon::load_trusted_keys(&cfg).expect("hub key");
+        let hardening = crate::secret::Hardening {
+            no_core_dumps: false,
+            memory_locked: false,
+        };
+        (dir, Arc::new(Daemon::new(cfg, keys, hardening)))
+    }
+
+    /// Adds `n` health-tested local bytes (marked `local`) to the pool. A health-test alarm
+    /// drops that block and the fill goes on with a fresh tester: at 8 bits per byte and
+    /// alpha = 2^-20 the repetition-count cutoff is 4 identical bytes in a row, which a perfect
+    /// source produces about once per 16 MiB.
+    pub fn fill(d: &Daemon, n: usize) -> usize {
+        let mut h = SourceHealth::new(20, 8.0, Duration::ZERO);
+        let (mut added, mut alarms) = (0, 0);
+        while added < n {
+            let k = (n - added).min(1 << 20);
+            match d.pool.fill_local(k, &mut h) {
+                Ok(0) => break,
+                Ok(k) => added += k,
+                Err(_) if alarms < 16 => {
+                    alarms += 1;
+                    h = SourceHealth::new(20, 8.0, Duration::ZERO);
+                }
+                Err(_) => break,
+            }
+        }
+        added
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn health_json(d: &Arc<Daemon>) -> serde_json::Value {
+        use tower::ServiceExt;
+        let req = axum::http::Request::builder()
+            .uri("/api/rng/health")
+            .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                40000,
+            ))))
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let resp = crate::http::app(d.clone())
+            .oneshot(req)
+            .await
+            .expect("response");
+        assert_eq!(resp.status(), 200);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        serde_json::from_slice(&body).expect("JSON")
+    }
+
+    #[test]
+    fn device_and_kernel_config_are_validated() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (_hub, base) = crate::demo::configs(dir.path(), None).expect("configs");
+        let key = |c: &crate::config::DaemonConfig| match c.validate() {
+            Err(crate::config::ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected an invalid key, got {other:?}"),
+        };
+        let mut c = base.clone();
+        c.device.mode = DeviceMode::Fuse;
+        assert_eq!(key(&c), "device.mountpoint");
+        let mut c = base.clone();
+        c.device.name = "../evil".into();
+        assert_eq!(key(&c), "device.name");
+        let mut c = base.clone();
+        c.kernel.credit_bits_per_byte = 9;
+        assert_eq!(key(&c), "kernel.credit_bits_per_byte");
+        let mut c = base.clone();
+        c.kernel.budget_bytes_per_minute = 1;
+        assert_eq!(key(&c), "kernel.budget_bytes_per_minute");
+        // The TOML spelling, with the defaults filled in.
+        let t: crate::config::DeviceConfig =
+            toml::from_str("mode = \"auto\"\nmountpoint = \"/run/kirq\"").expect("toml");
+        assert_eq!((t.mode, t.name.as_str()), (DeviceMode::Auto, "kirq-rng"));
+        assert!(toml::from_str::<crate::config::DeviceConfig>("mode = \"cusee\"").is_err());
+        let k: crate::config::KernelFeedConfig = toml::from_str("enabled = true").expect("toml");
+        assert_eq!((k.interval_secs, k.credit_local), (60, false));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn auto_falls_back_and_says_why() {
+        let (_dir, d) = testing::local_daemon();
+        let mut cfg = DeviceConfig::default();
+        if std::path::Path::new(cuse::dev::CUSE_PATH).exists() {
+            return assert_eq!(start(&d, &cfg).map(|s| s.0.mode).ok(), Some("cuse"));
+        }
+        // This host has no CUSE: without a mountpoint, HTTP only, with the reason.
+        let (s, h) = start(&d, &cfg).expect("auto never fails");
+        assert!(h.is_none());
+        assert_eq!(s.mode, "off");
+        assert!(
+            s.reason.contains("no CUSE") && s.reason.contains("mountpoint"),
+            "{}",
+            s.reason
+        );
+        // With a mountpoint: the FUSE fallback (needs root and /dev/fuse, as the suite does).
+        let mnt = tempfile::tempdir().expect("mountpoint");
+        cfg.mountpoint = Some(mnt.path().to_owned());
+        let (s, h) = start(&d, &cfg).expect("auto never fails");
+        assert_eq!(s.mode, "fuse", "{}", s.reason);
+        assert_eq!(s.path, Some(mnt.path().join("kirq-rng")));
+        assert!(s.path.as_ref().is_some_and(|p| p.exists()));
+        // /api/rng/health says which face is up.
+        d.set_device_status(s);
+        let health = health_json(&d).await;
+        assert_eq!(health["device"]["mode"], "fuse");
+        assert_eq!(health["kernel_feeder"]["state"], "off");
+        h.expect("handle").stop();
+        // An explicit mode that cannot work is an error, not a silent fallback.
+        cfg.mode = DeviceMode::Cuse;
+        let e = start(&d, &cfg).expect_err("cuse mode without /dev/cuse fails");
+        assert!(format!("{e:#}").contains("/dev/cuse"), "{e:#}");
+    }
+}

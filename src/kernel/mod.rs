@@ -1,0 +1,369 @@
+//! Feeding the kernel's own random pool from verified entropy (/dev/random ioctls).
+//!
+//! On the 5.18+ random driver, credit only counts until the CRNG is first ready, so the feeder
+//! credits with RNDADDENTROPY until then (never more bits than [`credit_bits`] allows), and
+//! afterwards, every `kernel.interval_secs`, mixes fresh bytes without credit and forces a reseed
+//! with RNDRESEEDCRNG. On older kernels it waits for the write wakeup threshold (POLLOUT on
+//! /dev/random) as rngd does. A per-minute byte budget keeps the kernel from starving the other
+//! consumers; bytes given to the kernel are counted under consumer `kernel`. systemd is told
+//! READY=1 after the first seeding.
+
+pub mod ioctl;
+
+use std::fs::File;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::KernelFeedConfig;
+use crate::daemon::Daemon;
+use crate::pool::{Consumer, Provenance, Want};
+
+pub const RANDOM_PATH: &str = "/dev/random";
+
+/// What the feeder is doing, for `/api/rng/health`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FeederStatus {
+    /// `off`, `crediting`, `running`, `legacy` (pre-5.18 driver) or `failed`.
+    pub state: &'static str,
+    pub bytes_fed_total: u64,
+    pub bits_credited_total: u64,
+    pub reseeds_total: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error("cannot open {RANDOM_PATH} for writing")]
+    Open(#[source] io::Error),
+    #[error(
+        "{op} on {RANDOM_PATH} was refused: feeding the kernel needs CAP_SYS_ADMIN \
+         (run kirqd as root or grant it the capability)"
+    )]
+    NotPermitted { op: &'static str },
+    #[error("{op} on {RANDOM_PATH} failed")]
+    Ioctl {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn ioctl_err(op: &'static str, e: io::Error) -> FeedError {
+    if e.raw_os_error() == Some(nix::libc::EPERM) {
+        FeedError::NotPermitted { op }
+    } else {
+        FeedError::Ioctl { op, source: e }
+    }
+}
+
+/// Bits to credit for bytes of these classes: `bits_per_byte` for hub-verified classes; `local`
+/// bytes only when `credit_local` (hub on another machine) and never while this daemon's own
+/// fallback is serving (that would be the kernel's own output credited back to it).
+pub fn credit_bits(
+    by_provenance: &[usize; 5],
+    bits_per_byte: u32,
+    credit_local: bool,
+    fallback_active: bool,
+) -> u32 {
+    let bits_per_byte = bits_per_byte.min(8) as usize;
+    let bytes: usize = Provenance::ALL
+        .iter()
+        .filter(|p| **p != Provenance::Local || (credit_local && !fallback_active))
+        .map(|p| by_provenance[*p as usize])
+        .sum();
+    u32::try_from(bytes * bits_per_byte).unwrap_or(u32::MAX)
+}
+
+/// A per-minute byte allowance.
+#[derive(Debug)]
+pub struct Budget {
+    per_minute: usize,
+    used: usize,
+    window: Instant,
+}
+
+impl Budget {
+    pub fn new(per_minute: usize) -> Self {
+        Self {
+            per_minute,
+            used: 0,
+            window: Instant::now(),
+        }
+    }
+
+    /// How many of `want` bytes may go now (0 when the minute's budget is spent).
+    pub fn allow(&mut self, want: usize, now: Instant) -> usize {
+        if now.duration_since(self.window) >= Duration::from_secs(60) {
+            self.window = now;
+            self.used = 0;
+        }
+        want.min(self.per_minute - self.used)
+    }
+
+    pub fn spend(&mut self, n: usize) {
+        self.used = (self.used + n).min(self.per_minute);
+    }
+}
+
+/// True when the running kernel has the 5.18+ random driver.
+pub fn modern_driver() -> bool {
+    let Ok(u) = nix::sys::utsname::uname() else {
+        return true;
+    };
+    let release = u.release().to_string_lossy().into_owned();
+    let mut nums = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|s| s.parse::<u32>().ok());
+    let (major, minor) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
+    (major, minor) >= (5, 18)
+}
+
+/// One round's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fed {
+    pub bytes: usize,
+    pub bits: u32,
+    pub entropy_before: i32,
+    pub entropy_after: i32,
+}
+
+/// An open /dev/random.
+#[derive(Debug)]
+pub struct Feeder {
+    file: File,
+}
+
+impl Feeder {
+    pub fn open() -> Result<Self, FeedError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(RANDOM_PATH)
+            .map_err(FeedError::Open)?;
+        Ok(Self { file })
+    }
+
+    pub fn entropy_count(&self) -> Result<i32, FeedError> {
+        ioctl::entropy_count(&self.file).map_err(|e| ioctl_err("RNDGETENTCNT", e))
+    }
+
+    /// Mixes `bytes` in and credits `bits` (RNDADDENTROPY).
+    pub fn add(&self, bytes: &[u8], bits: u32) -> Result<(), FeedError> {
+        ioctl::add_entropy(&self.file, bytes, bits).map_err(|e| ioctl_err("RNDADDENTROPY", e))
+    }
+
+    pub fn reseed(&self) -> Result<(), FeedError> {
+        ioctl::reseed_crng(&self.file).map_err(|e| ioctl_err("RNDRESEEDCRNG", e))
+    }
+
+    /// Takes up to `n` bytes from the pool (counted under `kernel`) and adds them, crediting per
+    /// [`credit_bits`] when `credit` is set. `Ok(None)`: the pool is empty.
+    pub fn feed_from_pool(
+        &self,
+        d: &Daemon,
+        cfg: &KernelFeedConfig,
+        n: usize,
+        credit: bool,
+    ) -> Result<Option<Fed>, FeedError> {
+        let mut buf = zeroize::Zeroizing::new(vec![0u8; n]);
+        let Ok(by) = d.pool.take_into(&mut buf, Want::Any, false) else {
+            return Ok(None);
+        };
+        let got: usize = by.iter().sum();
+        d.metrics.served(Consumer::Kernel.as_str(), got);
+        d.metrics.request(Consumer::Kernel.as_str(), "ok");
+        let bits = if credit {
+            credit_bits(
+                &by,
+                cfg.credit_bits_per_byte,
+                cfg.credit_local,
+                d.fallback_active(),
+            )
+        } else {
+            0
+        };
+        let entropy_before = self.entropy_count().unwrap_or(-1);
+        self.add(&buf[..got], bits)?;
+        let entropy_after = self.entropy_count().unwrap_or(-1);
+        Ok(Some(Fed {
+            bytes: got,
+            bits,
+            entropy_before,
+            entropy_after,
+        }))
+    }
+}
+
+async fn wait_for_pool(d: &Daemon) {
+    tokio::select! {
+        () = d.pool.arrived() => {}
+        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+    }
+}
+
+/// The feeder task: runs until aborted. Failures are logged, shown in health, and retried.
+pub async fn run(d: Arc<Daemon>) {
+    let cfg = d.cfg.kernel.clone();
+    let feeder = match Feeder::open() {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(error = %e, "kernel feeder disabled");
+            d.set_kernel_status(|s| {
+                s.state = "failed";
+                s.last_error = Some(e.to_string());
+            });
+            return;
+        }
+    };
+    let modern = modern_driver();
+    let mut budget = Budget::new(cfg.budget_bytes_per_minute);
+    let mut ready_sent = false;
+    let mut seeded = |d: &Daemon, status: String| {
+        if !ready_sent {
+            crate::daemon::systemd::notify(&format!("READY=1\nSTATUS={status}"));
+            ready_sent = true;
+        } else {
+            crate::daemon::systemd::notify(&format!("STATUS={status}"));
+        }
+        let _ = d;
+    };
+    d.set_kernel_status(|s| s.state = if modern { "crediting" } else { "legacy" });
+    // Phase 1 (5.18+): credit until the CRNG is ready. Legacy: credit whenever the kernel asks.
+    loop {
+        if modern && ioctl::crng_ready() {
+            break;
+        }
+        if !modern {
+            wait_writable(&feeder).await;
+        }
+        let n = budget.allow(cfg.feed_bytes, Instant::now());
+        if n == 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        match feeder.feed_from_pool(&d, &cfg, n, true) {
+            Ok(Some(f)) => {
+                budget.spend(f.bytes);
+                record(&d, &f, false);
+                tracing::info!(
+                    bytes = f.bytes,
+                    credited_bits = f.bits,
+                    entropy_avail_before = f.entropy_before,
+                    entropy_avail_after = f.entropy_after,
+                    "kernel pool credited"
+                );
+                if !modern {
+                    seeded(&d, format!("fed the kernel {} bytes", f.bytes));
+                }
+            }
+            Ok(None) => wait_for_pool(&d).await,
+            Err(e) => {
+                fail(&d, &e);
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+        if modern {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Phase 2 (5.18+): mix and reseed every interval.
+    d.set_kernel_status(|s| s.state = "running");
+    let mut first = true;
+    loop {
+        if !first {
+            tokio::time::sleep(Duration::from_secs(cfg.interval_secs)).await;
+        }
+        let n = budget.allow(cfg.feed_bytes, Instant::now());
+        if n == 0 {
+            continue;
+        }
+        let fed = match feeder.feed_from_pool(&d, &cfg, n, false) {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                wait_for_pool(&d).await;
+                continue;
+            }
+            Err(e) => {
+                fail(&d, &e);
+                continue;
+            }
+        };
+        budget.spend(fed.bytes);
+        match feeder.reseed() {
+            Ok(()) => {
+                record(&d, &fed, true);
+                tracing::info!(bytes = fed.bytes, "kernel CRNG reseeded (RNDRESEEDCRNG)");
+                seeded(
+                    &d,
+                    format!("kernel CRNG reseeded from {} verified bytes", fed.bytes),
+                );
+                first = false;
+            }
+            Err(e) => fail(&d, &e),
+        }
+    }
+}
+
+fn record(d: &Daemon, f: &Fed, reseeded: bool) {
+    d.set_kernel_status(|s| {
+        s.bytes_fed_total += f.bytes as u64;
+        s.bits_credited_total += u64::from(f.bits);
+        s.reseeds_total += u64::from(reseeded);
+        s.last_error = None;
+    });
+}
+
+fn fail(d: &Daemon, e: &FeedError) {
+    tracing::error!(error = %e, "kernel feeder");
+    d.set_kernel_status(|s| s.last_error = Some(e.to_string()));
+}
+
+/// Pre-5.18 kernels: resolves when /dev/random is writable (entropy below the write wakeup
+/// threshold), checking once a second.
+async fn wait_writable(f: &Feeder) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    loop {
+        let mut fds = [PollFd::new(f.file.as_fd(), PollFlags::POLLOUT)];
+        if matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credit_is_never_more_than_justified() {
+        let mut by = [0usize; 5];
+        by[Provenance::Qrng as usize] = 10;
+        by[Provenance::Local as usize] = 10;
+        assert_eq!(credit_bits(&by, 4, false, false), 40);
+        assert_eq!(credit_bits(&by, 8, true, false), 160);
+        assert_eq!(credit_bits(&by, 8, true, true), 80);
+        assert_eq!(credit_bits(&by, 99, false, false), 80);
+        assert_eq!(credit_bits(&[0; 5], 8, true, false), 0);
+    }
+
+    #[test]
+    fn budget_per_minute() {
+        let t = Instant::now();
+        let mut b = Budget::new(100);
+        assert_eq!(b.allow(64, t), 64);
+        b.spend(64);
+        assert_eq!(b.allow(64, t), 36);
+        b.spend(36);
+        assert_eq!(b.allow(64, t), 0);
+        assert_eq!(b.allow(64, t + Duration::from_secs(61)), 64);
+    }
+
+    #[test]
+    fn this_kernel_is_modern() {
+        // The project's hosts and VM kernels are 6.x.
+        assert!(modern_driver());
+    }
+}

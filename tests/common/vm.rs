@@ -1,0 +1,215 @@
+//! The qemu VM harness from Rust: prepares the guest's files (keys, certificates, config and a
+//! spool of packets signed on the host for the guest daemon) and runs tests/vm/run.sh.
+//!
+//! The guest pool starts from packets built here by a hub whose source is this host's OS RNG:
+//! independent of the guest kernel, so crediting them to the guest's pool (`credit_local`) is
+//! honest, and nothing in the guest has to wait for its own CRNG before the feeder runs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kirq::crypto::falcon::SigningKey;
+use kirq::hub::PacketFactory;
+use kirq::metrics::HubMetrics;
+use kirq::sources::local::LocalSource;
+
+pub const DEVICE_NAME: &str = "kirq-vm0";
+
+/// Where the kernel package and the files taken from it are kept between runs.
+pub fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("vm-kernel")
+}
+
+pub fn need_vm_tools() {
+    for (p, pkg) in [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("busybox", "busybox-static"),
+        ("cpio", "cpio"),
+        ("dpkg-deb", "dpkg"),
+        ("strip", "binutils"),
+    ] {
+        super::need_program(p, pkg);
+    }
+}
+
+/// What the guest daemon starts with.
+#[derive(Debug, Clone, Copy)]
+pub struct Guest {
+    /// Packets in the spool and the entropy bytes in each.
+    pub packets: usize,
+    pub packet_bytes: usize,
+    pub capacity: usize,
+    /// Seconds without a hub before the guest's own fallback fills the pool (`fill_bytes`).
+    pub fallback_after_secs: u64,
+    pub fill_bytes: usize,
+    /// Bytes read per block size in bench mode.
+    pub bench_bytes: usize,
+}
+
+impl Guest {
+    /// The checks: a small spool, then the fallback refills quickly (poll and EAGAIN checks).
+    pub const CHECK: Guest = Guest {
+        packets: 16,
+        packet_bytes: 16384,
+        capacity: 16 << 20,
+        fallback_after_secs: 3,
+        fill_bytes: 64 * 1024,
+        bench_bytes: 0,
+    };
+    /// The benchmark: a filled pool from the spool alone (no refill competes with the reads).
+    pub const BENCH: Guest = Guest {
+        packets: 15,
+        packet_bytes: 1 << 20,
+        capacity: 16 << 20,
+        fallback_after_secs: 3600,
+        fill_bytes: 64 * 1024,
+        bench_bytes: 4 << 20,
+    };
+}
+
+/// Writes the guest's files into `dir/files` and returns that path.
+pub async fn prepare(dir: &Path, g: Guest) -> PathBuf {
+    let Guest {
+        packets,
+        packet_bytes,
+        capacity,
+        fallback_after_secs,
+        fill_bytes,
+        bench_bytes,
+    } = g;
+    let (hub, daemon) = kirq::demo::configs(dir, None).expect("configs");
+    let files = dir.join("files");
+    std::fs::create_dir_all(&files).expect("files dir");
+    for f in [
+        "hub-signing.pub",
+        "demo-kirqd.crt",
+        "demo-kirqd.key",
+        "hub-ca.pem",
+    ] {
+        std::fs::copy(dir.join(f), files.join(f)).expect("copy guest file");
+    }
+    let key = SigningKey::load(&hub.signing_key).expect("hub key");
+    let factory = PacketFactory::new(
+        key,
+        vec![(
+            Box::new(LocalSource::new("vm-host")) as Box<dyn kirq::sources::Source>,
+            kirq::hub::SourceSettings::default(),
+        )],
+        20,
+        Duration::ZERO,
+        60_000,
+        kirq::config::HybridConfig::default(),
+    );
+    let metrics = HubMetrics::new();
+    let mut spool = Vec::new();
+    for _ in 0..packets {
+        // A 1 MiB packet from a perfect source trips the hub's repetition-count test (cutoff 4
+        // at 8 bits per byte) a few percent of the time; that packet is dropped, build another.
+        let mut tries = 0;
+        let p = loop {
+            match factory.build(&daemon.id, packet_bytes, &metrics).await {
+                Ok(p) => break p,
+                Err(e) if tries < 20 => {
+                    tries += 1;
+                    eprintln!("packet dropped by the hub's health tests ({e}); building another");
+                }
+                Err(e) => panic!("no packet after 20 tries: {e}"),
+            }
+        };
+        spool.extend_from_slice(&u32::try_from(p.len()).expect("len").to_be_bytes());
+        spool.extend_from_slice(&p);
+    }
+    std::fs::write(files.join("spool.bin"), &spool).expect("spool");
+    std::fs::write(files.join("name"), DEVICE_NAME).expect("name");
+    std::fs::write(files.join("bench_bytes"), bench_bytes.to_string()).expect("bench bytes");
+    let mut toml = std::fs::File::create(files.join("kirqd.toml")).expect("config");
+    write!(
+        toml,
+        r#"id = "{id}"
+[trust]
+hub_keys = ["hub-signing.pub"]
+[receive]
+listen = "{listen}"
+cert = "demo-kirqd.crt"
+key = "demo-kirqd.key"
+hub_ca = "hub-ca.pem"
+[pool]
+capacity_bytes = {capacity}
+[fallback]
+after_secs = {fallback_after_secs}
+fill_bytes = {fill_bytes}
+[device]
+mode = "cuse"
+name = "{DEVICE_NAME}"
+[kernel]
+enabled = true
+feed_bytes = 16
+credit_bits_per_byte = 4
+credit_local = true
+interval_secs = 60
+"#,
+        id = daemon.id,
+        listen = daemon.receive.listen,
+    )
+    .expect("write config");
+    files
+}
+
+/// Boots the VM in `mode` (`check` or `bench`) and returns its console output.
+pub async fn run(kirqd: &Path, files: &Path, work: &Path, mode: &str) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm/run.sh");
+    let args: Vec<std::ffi::OsString> = vec![
+        "-k".into(),
+        "10".into(),
+        "600".into(),
+        script.into(),
+        cache_dir().into(),
+        work.into(),
+        kirqd.into(),
+        files.into(),
+        mode.into(),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("timeout")
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run tests/vm/run.sh");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "tests/vm/run.sh failed ({}):\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The result lines (KIRQ-VM / KIRQ-PROBE) of a run, without terminal colour codes.
+pub fn results(out: &str) -> Vec<String> {
+    out.lines()
+        .filter(|l| l.starts_with("KIRQ-VM") || l.starts_with("KIRQ-PROBE"))
+        .map(strip_ansi)
+        .collect()
+}
+
+fn strip_ansi(l: &str) -> String {
+    let mut out = String::with_capacity(l.len());
+    let mut chars = l.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -1,0 +1,160 @@
+//! The kernel feeder against the host's /dev/random: RNDADDENTROPY and RNDRESEEDCRNG succeed as
+//! root; without CAP_SYS_ADMIN the error names the capability.
+
+mod common;
+
+use kirq::config::KernelFeedConfig;
+use kirq::device::testing::{fill, local_daemon};
+use kirq::kernel::{FeedError, Feeder};
+
+#[test]
+fn feeds_and_reseeds_the_host_kernel() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test feeds the host's /dev/random: run it as root (CAP_SYS_ADMIN)"
+    );
+    let (_dir, d) = local_daemon();
+    fill(&d, 1024);
+    let f = Feeder::open().expect("open /dev/random");
+    let before = f.entropy_count().expect("RNDGETENTCNT");
+    assert!((0..=4096).contains(&before));
+    let cfg = KernelFeedConfig::default();
+    // Local bytes from this same kernel: mixed in, credited nothing.
+    let fed = f
+        .feed_from_pool(&d, &cfg, 64, true)
+        .expect("RNDADDENTROPY")
+        .expect("pool had bytes");
+    assert_eq!((fed.bytes, fed.bits), (64, 0));
+    f.reseed().expect("RNDRESEEDCRNG");
+    assert_eq!(d.pool.len(), 1024 - 64);
+    let served = d
+        .metrics
+        .served_bytes
+        .get_or_create(&[("consumer", "kernel".into())])
+        .get();
+    assert_eq!(served, 64);
+    // Crediting bytes whose provenance allows it is accepted too (the 5.18+ driver ignores the
+    // credit once the CRNG is ready).
+    f.add(&[0x5a; 32], 128).expect("RNDADDENTROPY with credit");
+}
+
+#[test]
+fn without_cap_sys_admin_the_error_says_so() {
+    if std::env::var_os("KIRQ_FEEDER_UNPRIVILEGED_CHILD").is_some() {
+        // Child: runs as `nobody`; /dev/random is writable by all but the ioctl is not.
+        let f = Feeder::open().expect("open /dev/random");
+        match f.add(&[0u8; 8], 0) {
+            Err(e @ FeedError::NotPermitted { .. }) => println!("ERROR: {e}"),
+            other => panic!("expected NotPermitted, got {other:?}"),
+        }
+        return;
+    }
+    common::need_program("setpriv", "util-linux");
+    let exe = std::env::current_exe().expect("test binary");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&exe)
+        .args([
+            "--exact",
+            "without_cap_sys_admin_the_error_says_so",
+            "--nocapture",
+        ])
+        .env("KIRQ_FEEDER_UNPRIVILEGED_CHILD", "1")
+        .output()
+        .expect("run setpriv");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("RNDADDENTROPY on /dev/random was refused")
+            && text.contains("needs CAP_SYS_ADMIN"),
+        "{text}"
+    );
+}
+
+/// `kirqd run` with the feeder on: after the first seeding of the host kernel it tells systemd
+/// READY=1 (through $NOTIFY_SOCKET), and /api/rng/health shows the feeder running.
+#[test]
+fn kirqd_run_feeds_the_kernel_and_signals_ready() {
+    use std::io::Write;
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Duration;
+
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "run as root (CAP_SYS_ADMIN)"
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_hub, d) = kirq::demo::configs(dir.path(), None).expect("configs");
+    let http = kirq::demo::free_port().expect("port");
+    let cfg = dir.path().join("kirqd.toml");
+    let mut f = std::fs::File::create(&cfg).expect("config");
+    write!(
+        f,
+        r#"id = "{id}"
+[trust]
+hub_keys = ["hub-signing.pub"]
+[receive]
+listen = "{listen}"
+cert = "demo-kirqd.crt"
+key = "demo-kirqd.key"
+hub_ca = "hub-ca.pem"
+[fallback]
+after_secs = 1
+[http]
+listen = "127.0.0.1:{http}"
+[device]
+mode = "off"
+[kernel]
+enabled = true
+"#,
+        id = d.id,
+        listen = d.receive.listen,
+    )
+    .expect("write config");
+    let sock_path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&sock_path).expect("notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kirqd"))
+        .args(["--log", "warn", "run", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("start kirqd");
+    let mut buf = [0u8; 512];
+    let got = sock
+        .recv(&mut buf)
+        .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
+    let health = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "5",
+            &format!("http://127.0.0.1:{http}/api/rng/health"),
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    let got = got.expect("no sd_notify datagram within 20 s");
+    assert!(
+        got.starts_with("READY=1\nSTATUS=kernel CRNG reseeded"),
+        "{got}"
+    );
+    let health: serde_json::Value =
+        serde_json::from_str(&health.expect("curl")).expect("health JSON");
+    assert_eq!(health["kernel_feeder"]["state"], "running", "{health}");
+    assert!(
+        health["kernel_feeder"]["reseeds_total"].as_u64() >= Some(1),
+        "{health}"
+    );
+    assert_eq!(health["device"]["mode"], "off", "{health}");
+}
