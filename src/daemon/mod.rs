@@ -6,6 +6,7 @@
 //! one), the fallback monitor (local entropy, loudly, after
 //! `fallback.after_secs` without any hub), and the HTTP shim ([`crate::http`]).
 
+pub mod notify;
 mod state;
 
 pub use state::{Daemon, HubStatus, ReceiveError};
@@ -184,6 +185,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let hardening = crate::secret::harden_process();
     log_hardening(hardening);
     let d = start(cfg, hardening).await?;
+    let ready = format!(
+        "READY=1\nSTATUS=serving; {} bytes in pool",
+        d.daemon.pool.len()
+    );
+    if let Err(e) = notify::notify(&ready) {
+        tracing::warn!(error = %e, "could not notify systemd (NOTIFY_SOCKET)");
+    }
     let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
@@ -192,6 +200,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         }
     }
     tracing::info!(unserved_bytes = d.daemon.pool.len(), "kirqd stopping");
+    let _ = notify::notify("STOPPING=1\nSTATUS=sealing the pool");
     d.shutdown().await?;
     Ok(())
 }
