@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 /// recipient, expiry, replay, health tests) before a byte is admitted, and hands every byte to
 /// exactly one consumer through its HTTP API.
 #[derive(Parser, Debug)]
-#[command(version, propagate_version = true)]
+#[command(name = "kirqd", version, propagate_version = true)]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "info")]
@@ -37,6 +37,12 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// Write man pages (roff) for this program and its subcommands into --out.
+    #[command(hide = true)]
+    Man {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Check a config file and the files it names, then exit.
     CheckConfig {
         #[arg(long, short, default_value = "/etc/kirq/kirqd.toml")]
@@ -49,6 +55,10 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     kirq::util::init_logging(&cli.log);
     let result = match cli.cmd {
+        Cmd::Man { out } => {
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &out)
+                .map_err(Into::into)
+        }
         Cmd::Run { config } => kirq::daemon::run(&config).await,
         Cmd::Demo { listen } => kirq::demo::run(listen).await,
         Cmd::CheckConfig { config } => kirq::config::DaemonConfig::load(&config)
