@@ -9,4 +9,4 @@ cargo build --release --locked --bins
 rm -rf target/man && mkdir -p target/man
 "$target/release/kirqd" man --out target/man
 "$target/release/kirq-hub" man --out target/man
-cargo deb --no-build ${1:+-o "$1"}
+cargo deb --no-build --strip ${1:+-o "$1"}

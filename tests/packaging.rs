@@ -402,3 +402,18 @@ fn deb_builds_lists_installs_upgrades_and_removes() {
     .collect();
     assert!(left.is_empty(), "left after purge: {left:?}");
 }
+
+#[test]
+fn device_group_and_labels_agree() {
+    // The udev rule's group is the one sysusers creates, and SELinux labels the same node.
+    let read = |p: &str| std::fs::read_to_string(root().join(p)).unwrap();
+    let rule = read("udev/60-kirq-rng.rules");
+    assert!(rule.contains(r#"KERNEL=="kirq-rng""#) && rule.contains(r#"GROUP="kirq-rng""#));
+    assert!(rule.contains(r#"MODE="0440""#));
+    assert!(
+        read("systemd/kirq.sysusers")
+            .lines()
+            .any(|l| l.starts_with("g kirq-rng "))
+    );
+    assert!(read("selinux/kirq.fc").contains("/dev/kirq-rng"));
+}
