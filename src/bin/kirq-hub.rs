@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 /// Gathers entropy from its sources, health-tests and mixes it, signs each packet with Falcon-512
 /// and delivers it to kirqd daemons over mutual TLS.
 #[derive(Parser, Debug)]
-#[command(version, propagate_version = true)]
+#[command(name = "kirq-hub", version, propagate_version = true)]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "info")]
@@ -47,6 +47,12 @@ enum Cmd {
         #[arg(long = "daemon", required = true)]
         daemons: Vec<String>,
     },
+    /// Write man pages (roff) for this program and its subcommands into --out.
+    #[command(hide = true)]
+    Man {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Check a config file and the files it names, then exit.
     CheckConfig {
         #[arg(long, short, default_value = "/etc/kirq/kirq-hub.toml")]
@@ -59,6 +65,10 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     kirq::util::init_logging(&cli.log);
     let result = match cli.cmd {
+        Cmd::Man { out } => {
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &out)
+                .map_err(Into::into)
+        }
         Cmd::Run { config } => kirq::hub::run(&config).await,
         Cmd::Keygen { out, name } => keygen(&out, &name),
         Cmd::Pki { out, hubs, daemons } => {

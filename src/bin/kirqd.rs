@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 /// exactly one consumer through its HTTP API.
 #[derive(Parser, Debug)]
 #[command(
+    name = "kirqd",
     version,
     propagate_version = true,
     after_help = "Start here: `kirqd demo` runs a hub and a daemon on loopback and prints curl \
@@ -93,6 +94,12 @@ enum Cmd {
     },
     /// Print the OpenAPI 3.1 document of the HTTP API (the committed openapi.json).
     Openapi,
+    /// Write man pages (roff) for this program and its subcommands into --out.
+    #[command(hide = true)]
+    Man {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Check a config file and the files it names, then exit.
     CheckConfig {
         #[arg(long, short, default_value = "/etc/kirq/kirqd.toml")]
@@ -131,6 +138,10 @@ async fn main() -> std::process::ExitCode {
             bench,
             bench_bytes,
         } => probe(&path, &compare, bench, bench_bytes),
+        Cmd::Man { out } => {
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &out)
+                .map_err(Into::into)
+        }
         Cmd::CheckConfig { config } => kirq::config::DaemonConfig::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(|c| kirq::daemon::load_trusted_keys(&c).map(|k| (c, k)))

@@ -6,9 +6,8 @@
 //! one), the fallback monitor (local entropy, loudly, after
 //! `fallback.after_secs` without any hub), and the HTTP shim ([`crate::http`]).
 
+pub mod notify;
 mod state;
-pub mod systemd;
-
 pub use state::{Daemon, HubStatus, ReceiveError};
 
 use std::net::SocketAddr;
@@ -215,7 +214,10 @@ pub async fn run(config_path: &Path, admit: Option<&Path>) -> anyhow::Result<()>
     }
     if !kernel {
         // With the kernel feeder, READY=1 follows the first seeding instead.
-        systemd::notify("READY=1\nSTATUS=serving");
+        notify::send(&format!(
+            "READY=1\nSTATUS=serving; {} bytes in pool",
+            d.daemon.pool.len()
+        ));
     }
     let mut hup = signal(SignalKind::hangup())?;
     loop {
@@ -225,6 +227,7 @@ pub async fn run(config_path: &Path, admit: Option<&Path>) -> anyhow::Result<()>
         }
     }
     tracing::info!(unserved_bytes = d.daemon.pool.len(), "kirqd stopping");
+    notify::send("STOPPING=1\nSTATUS=sealing the pool");
     d.shutdown().await?;
     Ok(())
 }

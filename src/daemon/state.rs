@@ -419,6 +419,7 @@ pub(super) async fn fallback_task(d: Arc<Daemon>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
+        super::notify::watchdog();
         let silent = lock(&d.last_contact).elapsed();
         if let Some(age) = d.last_packet_age() {
             d.metrics.hub_last_packet_age.set(age.as_secs_f64());

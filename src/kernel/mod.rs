@@ -221,10 +221,10 @@ pub async fn run(d: Arc<Daemon>) {
     let mut ready_sent = false;
     let mut seeded = |d: &Daemon, status: String| {
         if !ready_sent {
-            crate::daemon::systemd::notify(&format!("READY=1\nSTATUS={status}"));
+            crate::daemon::notify::send(&format!("READY=1\nSTATUS={status}"));
             ready_sent = true;
         } else {
-            crate::daemon::systemd::notify(&format!("STATUS={status}"));
+            crate::daemon::notify::send(&format!("STATUS={status}"));
         }
         let _ = d;
     };
