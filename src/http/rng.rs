@@ -53,7 +53,12 @@ fn parse_random(body: &[u8]) -> Result<RandomRequest, ApiError> {
     }
     let num_bytes = match obj.get("num_bytes") {
         None => return Err(ApiError::bad_request("field `num_bytes` is required")),
-        Some(n) => match n.as_u64() {
+        // JSON Schema's integer includes 2207.0: accept an integral number however written.
+        Some(n) => match n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                .map(|f| f as u64)
+        }) {
             Some(n) if (1..=MAX_RANDOM_BYTES).contains(&n) => n as usize,
             _ => {
                 return Err(ApiError::bad_request(format!(
