@@ -17,7 +17,6 @@ use nix::sys::termios::{self, BaudRate, SetArg, SpecialCharacterIndices};
 
 use super::{FetchFuture, Meta, Source, SourceError};
 use crate::config::DeviceSourceConfig;
-use crate::secret::SecretBytes;
 use crate::wire::SourceKind;
 
 /// The termios constant for a standard line speed.
@@ -165,19 +164,13 @@ impl Source for DeviceSource {
     fn fetch(&self, n: usize) -> FetchFuture<'_> {
         let inner = self.inner.clone();
         let timeout = self.timeout;
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let mut out = SecretBytes::zeroed(n);
-                inner
-                    .fill(out.expose_mut(), Instant::now() + timeout)
-                    .map_err(|e| match e {
-                        SourceError::Timeout(_) => SourceError::Timeout(timeout),
-                        e => e,
-                    })?;
-                Ok(out)
-            })
-            .await
-            .map_err(|_| SourceError::Failed("device worker panicked".into()))?
+        super::fetch_blocking(n, "device", move |buf| {
+            inner
+                .fill(buf, Instant::now() + timeout)
+                .map_err(|e| match e {
+                    SourceError::Timeout(_) => SourceError::Timeout(timeout),
+                    e => e,
+                })
         })
     }
 }

@@ -66,6 +66,24 @@ impl SourceError {
 pub type FetchFuture<'a> =
     Pin<Box<dyn Future<Output = Result<SecretBytes, SourceError>> + Send + 'a>>;
 
+/// Fills `n` fresh bytes with a blocking `fill` on tokio's blocking pool, for sources that read a
+/// device or a C library. `what` names the source in the error a panicking worker gives.
+pub(crate) fn fetch_blocking(
+    n: usize,
+    what: &'static str,
+    fill: impl FnOnce(&mut [u8]) -> Result<(), SourceError> + Send + 'static,
+) -> FetchFuture<'static> {
+    Box::pin(async move {
+        tokio::task::spawn_blocking(move || {
+            let mut out = SecretBytes::zeroed(n);
+            fill(out.expose_mut())?;
+            Ok(out)
+        })
+        .await
+        .map_err(|_| SourceError::Failed(format!("{what} worker panicked")))?
+    })
+}
+
 /// A source of raw entropy.
 pub trait Source: Send + Sync + std::fmt::Debug {
     /// Stable id used in packet provenance (`[A-Za-z0-9._-]`, at most 64 characters).

@@ -20,7 +20,6 @@ use cryptoki::types::AuthPin;
 
 use super::{FetchFuture, Meta, Source, SourceError};
 use crate::config::Pkcs11Config;
-use crate::secret::SecretBytes;
 use crate::wire::SourceKind;
 
 /// Loads and initialises `module` once per process.
@@ -161,14 +160,6 @@ impl Source for Pkcs11Source {
     }
     fn fetch(&self, n: usize) -> FetchFuture<'_> {
         let inner = self.inner.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let mut out = SecretBytes::zeroed(n);
-                inner.fill(out.expose_mut())?;
-                Ok(out)
-            })
-            .await
-            .map_err(|_| SourceError::Failed("PKCS#11 worker panicked".into()))?
-        })
+        super::fetch_blocking(n, "PKCS#11", move |buf| inner.fill(buf))
     }
 }

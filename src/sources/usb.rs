@@ -204,19 +204,13 @@ impl Source for UsbSource {
     fn fetch(&self, n: usize) -> FetchFuture<'_> {
         let inner = self.inner.clone();
         let timeout = self.timeout;
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let mut out = SecretBytes::zeroed(n);
-                inner
-                    .fill(out.expose_mut(), Instant::now() + timeout)
-                    .map_err(|e| match e {
-                        SourceError::Timeout(_) => SourceError::Timeout(timeout),
-                        e => e,
-                    })?;
-                Ok(out)
-            })
-            .await
-            .map_err(|_| SourceError::Failed("USB worker panicked".into()))?
+        super::fetch_blocking(n, "USB", move |buf| {
+            inner
+                .fill(buf, Instant::now() + timeout)
+                .map_err(|e| match e {
+                    SourceError::Timeout(_) => SourceError::Timeout(timeout),
+                    e => e,
+                })
         })
     }
 }
