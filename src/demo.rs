@@ -22,8 +22,19 @@ use crate::crypto::falcon::SigningKey;
 const HUB_ID: &str = "demo-hub";
 const DAEMON_ID: &str = "demo-kirqd";
 
-/// Asks the kernel for a free loopback port.
+/// A free loopback port to put in a config before the listener exists.
+///
+/// Picked at random below Linux's ephemeral range (32768-60999): a port the kernel handed out and
+/// took back could be given to an outgoing connection before our listener binds it.
 pub fn free_port() -> std::io::Result<u16> {
+    for _ in 0..200 {
+        let mut b = [0u8; 2];
+        getrandom::fill(&mut b).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let port = 20_000 + u16::from_le_bytes(b) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

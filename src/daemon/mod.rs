@@ -128,6 +128,13 @@ pub async fn start(
         Duration::from_secs(10),
     );
     let daemon = Arc::new(Daemon::new(cfg.clone(), keys, hardening));
+    if daemon.pool.secret_memory() {
+        tracing::info!("pool memory: memfd_secret (out of the kernel's direct map, never dumped)");
+    } else {
+        tracing::warn!(
+            "pool memory: heap (memfd_secret unavailable); locked and undumped if the hardening above held"
+        );
+    }
     let sealed = restore_sealed(&cfg, &daemon.pool)?;
     let mut tasks = Vec::new();
     let (stop_http, mut stop_rx) = tokio::sync::watch::channel(false);

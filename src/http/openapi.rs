@@ -126,11 +126,12 @@ pub enum HealthStatus {
     Critical,
 }
 
-/// What process hardening held (memory locked, core dumps off).
+/// What process hardening held (memory locked, core dumps off, pool in memfd_secret memory).
 #[derive(Debug, serde::Serialize, ToSchema)]
 pub struct Hardening {
     pub no_core_dumps: bool,
     pub memory_locked: bool,
+    pub pool_secret_memory: bool,
 }
 
 /// `GET /api/rng/health` answer.

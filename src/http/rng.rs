@@ -360,7 +360,11 @@ pub async fn health(State(d): State<Arc<Daemon>>) -> Json<serde_json::Value> {
         "last_packet_age_seconds": d.last_packet_age().map(|a| a.as_secs_f64()),
         "fallback_active": fallback,
         "sources": sources,
-        "memory": d.hardening,
+        "memory": {
+            "no_core_dumps": d.hardening.no_core_dumps,
+            "memory_locked": d.hardening.memory_locked,
+            "pool_secret_memory": d.pool.secret_memory(),
+        },
         "uptime_seconds": d.started.elapsed().as_secs(),
         "device": d.device_status(),
         "kernel_feeder": d.kernel_status(),

@@ -12,6 +12,7 @@
 //! daemon returns to hub entropy as soon as a packet arrives.
 
 pub mod persist;
+pub mod secretmem;
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -141,9 +142,38 @@ pub struct Snapshot {
 }
 
 struct Chunk {
-    data: SecretBytes,
+    data: ChunkBuf,
     pos: usize,
     fallback: bool,
+}
+
+/// A chunk's bytes: in secret memory where the kernel allows, else on the (locked) heap.
+enum ChunkBuf {
+    Secret(secretmem::SecretRegion),
+    Heap(SecretBytes),
+}
+
+impl ChunkBuf {
+    fn len(&self) -> usize {
+        match self {
+            Self::Secret(r) => r.len(),
+            Self::Heap(b) => b.len(),
+        }
+    }
+
+    fn expose(&self) -> &[u8] {
+        match self {
+            Self::Secret(r) => r.as_slice(),
+            Self::Heap(b) => b.expose(),
+        }
+    }
+
+    fn expose_mut(&mut self) -> &mut [u8] {
+        match self {
+            Self::Secret(r) => r.as_mut_slice(),
+            Self::Heap(b) => b.expose_mut(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -163,6 +193,8 @@ pub struct Pool {
     served: AtomicU64,
     refill: tokio::sync::Notify,
     arrived: tokio::sync::Notify,
+    /// Chunks go to memfd_secret mappings (probed once at construction).
+    secret_memory: bool,
 }
 
 impl std::fmt::Debug for Pool {
@@ -184,6 +216,7 @@ impl Pool {
             served: AtomicU64::new(0),
             refill: tokio::sync::Notify::new(),
             arrived: tokio::sync::Notify::new(),
+            secret_memory: secretmem::SecretRegion::available(),
         }
     }
 
@@ -205,6 +238,11 @@ impl Pool {
         self.capacity
     }
 
+    /// True when chunks are kept in memfd_secret mappings (else on the locked heap).
+    pub fn secret_memory(&self) -> bool {
+        self.secret_memory
+    }
+
     pub fn free(&self) -> usize {
         self.capacity - self.len()
     }
@@ -216,6 +254,15 @@ impl Pool {
         fallback: bool,
     ) -> Result<usize, PoolError> {
         let n = data.len();
+        // Copy into secret memory where possible, outside the lock (it takes a few syscalls); the
+        // heap copy is zeroed as `data` drops.
+        let data = match self.secret_memory.then(|| secretmem::SecretRegion::new(n)) {
+            Some(Ok(mut r)) => {
+                r.as_mut_slice().copy_from_slice(data.expose());
+                ChunkBuf::Secret(r)
+            }
+            _ => ChunkBuf::Heap(data),
+        };
         {
             let mut g = self.lock();
             let free = self.capacity - g.total;

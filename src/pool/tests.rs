@@ -183,3 +183,21 @@ fn hybrid_class() {
         Provenance::Hsm
     );
 }
+
+#[test]
+fn chunks_live_in_secret_memory_where_the_kernel_allows() {
+    let mut f = Fixture::new();
+    let pool = Pool::new(1 << 20, 0);
+    let available = secretmem::SecretRegion::available();
+    assert_eq!(pool.secret_memory(), available);
+    pool.admit(f.packet(4096, SourceKind::Qrng)).unwrap();
+    {
+        let g = pool.lock();
+        let chunk = g.queues[Provenance::Qrng as usize].front().unwrap();
+        assert_eq!(matches!(chunk.data, ChunkBuf::Secret(_)), available);
+    }
+    // Served bytes come out whole and once, whichever memory held them.
+    let t = pool.take(4096, Want::Any).unwrap();
+    assert!(t.bytes.expose().iter().any(|&b| b != 0));
+    assert!(pool.is_empty());
+}
