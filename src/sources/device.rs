@@ -17,7 +17,6 @@ use nix::sys::termios::{self, BaudRate, SetArg, SpecialCharacterIndices};
 
 use super::{FetchFuture, Meta, Source, SourceError};
 use crate::config::DeviceSourceConfig;
-use crate::wire::SourceKind;
 
 /// The termios constant for a standard line speed.
 pub fn baud_rate(b: u32) -> Option<BaudRate> {
@@ -152,14 +151,8 @@ impl DeviceSource {
 }
 
 impl Source for DeviceSource {
-    fn id(&self) -> &str {
-        &self.meta.id
-    }
-    fn kind(&self) -> SourceKind {
-        self.meta.kind
-    }
-    fn min_entropy_per_byte(&self) -> f64 {
-        self.meta.min_entropy_per_byte
+    fn meta(&self) -> &Meta {
+        &self.meta
     }
     fn fetch(&self, n: usize) -> FetchFuture<'_> {
         let inner = self.inner.clone();

@@ -31,16 +31,8 @@ impl LocalSource {
 }
 
 impl Source for LocalSource {
-    fn id(&self) -> &str {
-        &self.meta.id
-    }
-
-    fn kind(&self) -> SourceKind {
-        SourceKind::Local
-    }
-
-    fn min_entropy_per_byte(&self) -> f64 {
-        self.meta.min_entropy_per_byte
+    fn meta(&self) -> &Meta {
+        &self.meta
     }
 
     fn fetch(&self, n: usize) -> super::FetchFuture<'_> {

@@ -87,11 +87,19 @@ pub(crate) fn fetch_blocking(
 /// A source of raw entropy.
 pub trait Source: Send + Sync + std::fmt::Debug {
     /// Stable id used in packet provenance (`[A-Za-z0-9._-]`, at most 64 characters).
-    fn id(&self) -> &str;
-    fn kind(&self) -> SourceKind;
+    /// The id, kind and declared min-entropy the config gave this source.
+    fn meta(&self) -> &Meta;
+    fn id(&self) -> &str {
+        &self.meta().id
+    }
+    fn kind(&self) -> SourceKind {
+        self.meta().kind
+    }
     /// The min-entropy per byte this source is trusted to deliver (for health-test cutoffs and
     /// credit), in (0, 8]; declared in config.
-    fn min_entropy_per_byte(&self) -> f64;
+    fn min_entropy_per_byte(&self) -> f64 {
+        self.meta().min_entropy_per_byte
+    }
     /// Fetches exactly `n` raw bytes (an adapter makes as many calls as its per-call limit needs).
     fn fetch(&self, n: usize) -> FetchFuture<'_>;
 }

@@ -20,7 +20,6 @@ use cryptoki::types::AuthPin;
 
 use super::{FetchFuture, Meta, Source, SourceError};
 use crate::config::Pkcs11Config;
-use crate::wire::SourceKind;
 
 /// Loads and initialises `module` once per process.
 fn module(path: &Path) -> Result<Pkcs11, SourceError> {
@@ -149,14 +148,8 @@ impl Inner {
 }
 
 impl Source for Pkcs11Source {
-    fn id(&self) -> &str {
-        &self.meta.id
-    }
-    fn kind(&self) -> SourceKind {
-        self.meta.kind
-    }
-    fn min_entropy_per_byte(&self) -> f64 {
-        self.meta.min_entropy_per_byte
+    fn meta(&self) -> &Meta {
+        &self.meta
     }
     fn fetch(&self, n: usize) -> FetchFuture<'_> {
         let inner = self.inner.clone();

@@ -17,7 +17,6 @@ use zeroize::{Zeroize, Zeroizing};
 use super::{FetchFuture, Meta, Source, SourceError, httpx};
 use crate::config::{DataFormat, HttpMethod, RestConfig, RestPreset};
 use crate::secret::SecretBytes;
-use crate::wire::SourceKind;
 
 /// Largest allowed `max_response_bytes`.
 pub const MAX_RESPONSE_LIMIT: usize = 64 << 20;
@@ -365,14 +364,8 @@ impl RestSource {
 }
 
 impl Source for RestSource {
-    fn id(&self) -> &str {
-        &self.meta.id
-    }
-    fn kind(&self) -> SourceKind {
-        self.meta.kind
-    }
-    fn min_entropy_per_byte(&self) -> f64 {
-        self.meta.min_entropy_per_byte
+    fn meta(&self) -> &Meta {
+        &self.meta
     }
     fn fetch(&self, n: usize) -> FetchFuture<'_> {
         Box::pin(async move {

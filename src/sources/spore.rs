@@ -22,7 +22,6 @@ use super::rest::BASE64URL;
 use super::{FetchFuture, Meta, Source, SourceError, httpx};
 use crate::config::SporeConfig;
 use crate::secret::SecretBytes;
-use crate::wire::SourceKind;
 
 /// Most certificates accepted in a JWT's `x5c`.
 const MAX_X5C: usize = 8;
@@ -311,14 +310,8 @@ impl SporeSource {
 }
 
 impl Source for SporeSource {
-    fn id(&self) -> &str {
-        &self.meta.id
-    }
-    fn kind(&self) -> SourceKind {
-        self.meta.kind
-    }
-    fn min_entropy_per_byte(&self) -> f64 {
-        self.meta.min_entropy_per_byte
+    fn meta(&self) -> &Meta {
+        &self.meta
     }
     fn fetch(&self, n: usize) -> FetchFuture<'_> {
         Box::pin(async move {

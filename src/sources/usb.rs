@@ -14,7 +14,6 @@ use rusb::UsbContext;
 use super::{FetchFuture, Meta, Source, SourceError};
 use crate::config::UsbConfig;
 use crate::secret::SecretBytes;
-use crate::wire::SourceKind;
 
 /// One endpoint as the descriptors describe it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,14 +191,8 @@ impl UsbSource {
 }
 
 impl Source for UsbSource {
-    fn id(&self) -> &str {
-        &self.meta.id
-    }
-    fn kind(&self) -> SourceKind {
-        self.meta.kind
-    }
-    fn min_entropy_per_byte(&self) -> f64 {
-        self.meta.min_entropy_per_byte
+    fn meta(&self) -> &Meta {
+        &self.meta
     }
     fn fetch(&self, n: usize) -> FetchFuture<'_> {
         let inner = self.inner.clone();
