@@ -4,6 +4,7 @@
 //! purpose can never be taken for another.
 
 pub mod falcon;
+pub mod stark;
 
 use sha3::{Digest, Sha3_256};
 
@@ -22,4 +23,13 @@ pub fn tagged_hash(label: &str, parts: &[&[u8]]) -> [u8; 32] {
 /// The hub's commitment to one source's raw contribution to a packet.
 pub fn commit_contribution(source_id: &str, bytes: &[u8]) -> [u8; 32] {
     tagged_hash("kirq/commit/v1", &[source_id.as_bytes(), bytes])
+}
+
+/// What a decentralized node's Falcon-512 key signs: its commitment to its contribution for
+/// `round` ([`stark::commit`]), bound to the node's id.
+pub fn node_signing_digest(round: u64, node_id: &str, commitment: &[u8; 32]) -> [u8; 32] {
+    tagged_hash(
+        "kirq/node-commitment/v1",
+        &[&round.to_be_bytes(), node_id.as_bytes(), commitment],
+    )
 }
