@@ -220,7 +220,7 @@ pub fn check_shape(round: u64, lens: &[usize], out_len: usize) -> Result<(), Mix
     if let Some(index) = lens.iter().position(|&l| l == 0) {
         return Err(MixError::EmptyContribution { index });
     }
-    if out_len == 0 || out_len % OUTPUT_BLOCK_BYTES != 0 {
+    if out_len == 0 || !out_len.is_multiple_of(OUTPUT_BLOCK_BYTES) {
         return Err(MixError::BadOutputLength(out_len));
     }
     let max = max_output_len(last);
