@@ -18,17 +18,20 @@ fn base(entropy_len: usize) -> Packet {
         .collect();
     Packet {
         key_id: kirq::crypto::falcon::KeyId([0; 8]),
+        mix_alg: kirq::wire::MIX_SHAKE256,
         proof_alg: 0,
         recipient: RECIPIENT.into(),
         sequence: 7,
         nonce: *b"vector-nonce-001",
         issued_at_ms: NOW - 1_000,
         expires_at_ms: NOW + 59_000,
+        round: 0,
         provenance: vec![SourceEntry {
             kind: SourceKind::Qrng,
             id: "qrng-a".into(),
             byte_count: entropy_len as u32,
             commitment: [0x11; 32],
+            node_signature: Vec::new(),
         }],
         entropy: SecretBytes::new(entropy),
         proof: Vec::new(),
@@ -76,6 +79,7 @@ fn main() {
         id: "hsm-1".into(),
         byte_count: 4096,
         commitment: [0x22; 32],
+        node_signature: Vec::new(),
     });
     valid.push(json!({
         "name": "hybrid qrng+hsm, 4096 bytes",
@@ -95,8 +99,8 @@ fn main() {
     t.push(0);
     add_bad("one trailing byte", t, "trailing_bytes");
     let mut v = good.encode_unsigned().to_vec();
-    v[4] = 2;
-    add_bad("unknown version 2", resign(v, &key), "unknown_version");
+    v[4] = 1;
+    add_bad("unknown version 1", resign(v, &key), "unknown_version");
     let mut m = good_bytes.clone();
     m[0] = b'X';
     add_bad("bad magic", m, "malformed");
@@ -126,6 +130,7 @@ fn main() {
             id: format!("s{i}"),
             byte_count: 64,
             commitment: [0; 32],
+            node_signature: Vec::new(),
         })
         .collect();
     add_bad("17 sources", signed(&many, &key), "malformed");
@@ -133,7 +138,7 @@ fn main() {
     zero.provenance[0].byte_count = 0;
     add_bad("source byte_count 0", signed(&zero, &key), "malformed");
     let mut kind = good.encode_unsigned().to_vec();
-    let kind_at = 4 + 4 + 8 + 1 + RECIPIENT.len() + 8 + 16 + 8 + 8 + 1;
+    let kind_at = 4 + 4 + 8 + 1 + RECIPIENT.len() + 8 + 16 + 8 + 8 + 8 + 1;
     kind[kind_at] = 9;
     add_bad("unknown source kind", resign(kind, &key), "malformed");
     let empty = with_key(base(0), &key);
@@ -151,6 +156,28 @@ fn main() {
     add_bad(
         "proof bytes without a proof algorithm",
         signed(&stray, &key),
+        "malformed",
+    );
+    let mut mixa = good.encode_unsigned().to_vec();
+    mixa[6] = 3;
+    add_bad("unknown mix algorithm 3", resign(mixa, &key), "malformed");
+    let mut round = with_key(base(64), &key);
+    round.round = 1 << 63;
+    add_bad("round 2^63", signed(&round, &key), "malformed");
+    let mut unsigned_node = with_key(base(64), &key);
+    unsigned_node.provenance[0].kind = SourceKind::Decentralized;
+    unsigned_node.provenance[0].node_signature = Vec::new();
+    add_bad(
+        "decentralized source without a node signature",
+        signed(&unsigned_node, &key),
+        "malformed",
+    );
+    let mut noproof = with_key(base(64), &key);
+    noproof.mix_alg = kirq::wire::MIX_RP64;
+    noproof.proof_alg = kirq::wire::PROOF_STARK_RP64;
+    add_bad(
+        "proof algorithm without proof bytes",
+        signed(&noproof, &key),
         "malformed",
     );
     let mut nosig = good.encode_unsigned().to_vec();
@@ -207,7 +234,7 @@ fn main() {
     add_bad("stuck entropy", signed(&stuck, &key), "health_failed");
 
     let doc = json!({
-        "description": "Kirq packet vectors (format version 1). Verify with recipient, now_ms and max_skew_ms as given, trusting only public_key.",
+        "description": "Kirq packet vectors (format version 2). Verify with recipient, now_ms and max_skew_ms as given, trusting only public_key.",
         "recipient": RECIPIENT,
         "now_ms": NOW,
         "max_skew_ms": 5000,

@@ -450,6 +450,7 @@ impl PacketFactory {
                 id: s.source.id().to_owned(),
                 byte_count: u32::try_from(b.len()).unwrap_or(MAX_CONTRIBUTION_BYTES),
                 commitment: commit_contribution(s.source.id(), b.expose()),
+                node_signature: Vec::new(),
             })
             .collect();
         let mut nonce = [0u8; 16];
@@ -457,12 +458,14 @@ impl PacketFactory {
         let issued_at_ms = now_ms();
         let packet = Packet {
             key_id: self.key.verifying_key().id(),
+            mix_alg: crate::wire::MIX_SHAKE256,
             proof_alg: crate::wire::PROOF_NONE,
             recipient: recipient.to_owned(),
             sequence: self.sequence.fetch_add(1, Ordering::Relaxed),
             nonce,
             issued_at_ms,
             expires_at_ms: issued_at_ms + self.lifetime_ms,
+            round: 0,
             provenance,
             entropy,
             proof: Vec::new(),

@@ -3,11 +3,13 @@
 //! Big-endian, length-prefixed, no optional padding, so each packet has exactly one encoding:
 //!
 //! ```text
-//! magic "KIRQ" | version u8 = 1 | sig_alg u8 = 1 (Falcon-512) | mix_alg u8 = 1 (SHAKE256)
-//! proof_alg u8 (0 = none) | key_id [8]
+//! magic "KIRQ" | version u8 = 2 | sig_alg u8 = 1 (Falcon-512)
+//! mix_alg u8 (1 = SHAKE256, 2 = Rescue-Prime duplex) | proof_alg u8 (0 = none, 1 = STARK) | key_id [8]
 //! recipient_len u8 (1..=64) | recipient (ASCII [A-Za-z0-9._-])
 //! sequence u64 | nonce [16] | issued_at_ms u64 | expires_at_ms u64 (0 < lifetime <= 60 s)
+//! round u64 (< 2^63: the mixing round that commitments and node signatures name)
 //! n_sources u8 (1..=16), each: kind u8 | id_len u8 (1..=64) | id | byte_count u32 | commitment [32]
+//!     and for kind 3 (decentralized) only: node_sig_len u16 (1..=752) | node's Falcon-512 signature
 //! entropy_len u32 (1..=1 MiB) | entropy
 //! proof_len u32 (0 when proof_alg = 0, else 1..=512 KiB) | proof
 //! sig_len u16 (1..=752) | Falcon-512 signature over every byte before sig_len (see below)
@@ -31,10 +33,18 @@ use crate::crypto::falcon::{KeyId, MAX_SIGNATURE_BYTES, SigningKey};
 use crate::secret::SecretBytes;
 
 pub const MAGIC: [u8; 4] = *b"KIRQ";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 pub const SIG_FALCON512: u8 = 1;
+/// SHAKE256 over the framed contributions ([`crate::mix`]); commitments are SHA3-256.
 pub const MIX_SHAKE256: u8 = 1;
+/// The Rescue-Prime duplex that a STARK can prove ([`crate::crypto::stark::mix`]); commitments are
+/// [`crate::crypto::stark::commit`].
+pub const MIX_RP64: u8 = 2;
 pub const PROOF_NONE: u8 = 0;
+/// A winterfell STARK that the output is the [`MIX_RP64`] mix of the committed contributions.
+pub const PROOF_STARK_RP64: u8 = 1;
+/// Rounds are field elements in the proof: below 2^63.
+pub const MAX_ROUND: u64 = crate::crypto::stark::MAX_ROUND;
 
 pub const MAX_RECIPIENT_LEN: usize = 64;
 pub const MAX_SOURCES: usize = 16;
@@ -46,8 +56,8 @@ pub const MAX_CONTRIBUTION_BYTES: u32 = 16 << 20;
 /// A packet lives at most this long after its issue time.
 pub const MAX_LIFETIME_MS: u64 = 60_000;
 
-const FIXED_HEADER: usize = 4 + 4 + 8 + 1 + 8 + 16 + 8 + 8 + 1;
-const MAX_SOURCE_ENTRY: usize = 1 + 1 + MAX_SOURCE_ID_LEN + 4 + 32;
+const FIXED_HEADER: usize = 4 + 4 + 8 + 1 + 8 + 16 + 8 + 8 + 8 + 1;
+const MAX_SOURCE_ENTRY: usize = 1 + 1 + MAX_SOURCE_ID_LEN + 4 + 32 + 2 + MAX_SIGNATURE_BYTES;
 /// The largest well-formed packet: every field at its bound.
 pub const MAX_PACKET_BYTES: usize = FIXED_HEADER
     + MAX_RECIPIENT_LEN
@@ -90,25 +100,30 @@ impl SourceKind {
     }
 }
 
-/// One source's part in a packet: who, what kind, how many raw bytes, and the hub's commitment.
+/// One source's part in a packet: who, what kind, how many raw bytes, and the commitment to them.
+/// For a decentralized node, the commitment is the node's own and `node_signature` is the node's
+/// Falcon-512 signature over [`crate::crypto::node_signing_digest`]; for other kinds it is empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceEntry {
     pub kind: SourceKind,
     pub id: String,
     pub byte_count: u32,
     pub commitment: [u8; 32],
+    pub node_signature: Vec<u8>,
 }
 
 /// A decoded packet. Its `Debug` never shows the entropy (see [`SecretBytes`]).
 #[derive(Debug)]
 pub struct Packet {
     pub key_id: KeyId,
+    pub mix_alg: u8,
     pub proof_alg: u8,
     pub recipient: String,
     pub sequence: u64,
     pub nonce: [u8; 16],
     pub issued_at_ms: u64,
     pub expires_at_ms: u64,
+    pub round: u64,
     pub provenance: Vec<SourceEntry>,
     pub entropy: SecretBytes,
     pub proof: Vec<u8>,
@@ -139,17 +154,20 @@ pub fn sample_packet(key: &SigningKey, recipient: &str, n: usize, kind: SourceKi
     let now = crate::util::now_ms();
     Packet {
         key_id: key.verifying_key().id(),
+        mix_alg: MIX_SHAKE256,
         proof_alg: PROOF_NONE,
         recipient: recipient.into(),
         sequence: 0,
         nonce,
         issued_at_ms: now,
         expires_at_ms: now + MAX_LIFETIME_MS,
+        round: 0,
         provenance: vec![SourceEntry {
             kind,
             id: format!("sample-{}", kind.as_str()),
             byte_count: n as u32,
             commitment: crate::crypto::commit_contribution("sample", entropy.expose()),
+            node_signature: Vec::new(),
         }],
         entropy,
         proof: Vec::new(),
@@ -189,7 +207,7 @@ impl Packet {
             });
         }
         let mix_alg = r.u8("mix_alg")?;
-        if mix_alg != MIX_SHAKE256 {
+        if mix_alg != MIX_SHAKE256 && mix_alg != MIX_RP64 {
             return Err(DecodeError::UnknownAlgorithm {
                 field: "mix_alg",
                 value: mix_alg,
@@ -204,6 +222,15 @@ impl Packet {
         let expires_at_ms = r.u64("expires_at")?;
         if expires_at_ms <= issued_at_ms || expires_at_ms - issued_at_ms > MAX_LIFETIME_MS {
             return Err(DecodeError::LifetimeOutOfRange);
+        }
+        let round = r.u64("round")?;
+        if round > MAX_ROUND {
+            return Err(DecodeError::CountOutOfRange {
+                field: "round",
+                value: round,
+                min: 0,
+                max: MAX_ROUND,
+            });
         }
         let n_sources = usize::from(r.u8("n_sources")?);
         if n_sources == 0 || n_sources > MAX_SOURCES {
@@ -230,11 +257,18 @@ impl Packet {
                 });
             }
             let commitment = r.array::<32>("source.commitment")?;
+            let node_signature = if kind == SourceKind::Decentralized {
+                let n = r.len_u16("source.node_signature", 1, MAX_SIGNATURE_BYTES)?;
+                r.take(n, "source.node_signature")?.to_vec()
+            } else {
+                Vec::new()
+            };
             provenance.push(SourceEntry {
                 kind,
                 id,
                 byte_count,
                 commitment,
+                node_signature,
             });
         }
         let entropy_len = r.len_u32("entropy", 1, MAX_ENTROPY_BYTES)?;
@@ -252,12 +286,14 @@ impl Packet {
         r.finish()?;
         let packet = Packet {
             key_id,
+            mix_alg,
             proof_alg,
             recipient,
             sequence,
             nonce,
             issued_at_ms,
             expires_at_ms,
+            round,
             provenance,
             entropy,
             proof,
@@ -286,7 +322,7 @@ impl Packet {
         w.bytes(&MAGIC);
         w.u8(VERSION);
         w.u8(SIG_FALCON512);
-        w.u8(MIX_SHAKE256);
+        w.u8(self.mix_alg);
         w.u8(self.proof_alg);
         w.bytes(&self.key_id.0);
         w.u8(self.recipient.len() as u8);
@@ -295,6 +331,7 @@ impl Packet {
         w.bytes(&self.nonce);
         w.u64(self.issued_at_ms);
         w.u64(self.expires_at_ms);
+        w.u64(self.round);
         w.u8(self.provenance.len() as u8);
         for s in &self.provenance {
             w.u8(s.kind as u8);
@@ -302,6 +339,10 @@ impl Packet {
             w.bytes(s.id.as_bytes());
             w.u32(s.byte_count);
             w.bytes(&s.commitment);
+            if s.kind == SourceKind::Decentralized {
+                w.u16(s.node_signature.len() as u16);
+                w.bytes(&s.node_signature);
+            }
         }
         w.u32(self.entropy.len() as u32);
         w.bytes(self.entropy.expose());

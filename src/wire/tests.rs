@@ -102,8 +102,26 @@ fn distinct_decode_variants() {
         Packet::decode(&hex::decode(&t.packet).unwrap()).unwrap_err()
     };
     assert!(matches!(
-        find("unknown version 2"),
-        DecodeError::UnknownVersion(2)
+        find("unknown version 1"),
+        DecodeError::UnknownVersion(1)
+    ));
+    assert!(matches!(
+        find("round 2^63"),
+        DecodeError::CountOutOfRange { field: "round", .. }
+    ));
+    assert!(matches!(
+        find("decentralized source without a node signature"),
+        DecodeError::LengthOutOfRange {
+            field: "source.node_signature",
+            ..
+        }
+    ));
+    assert!(matches!(
+        find("unknown mix algorithm 3"),
+        DecodeError::UnknownAlgorithm {
+            field: "mix_alg",
+            value: 3
+        }
     ));
     assert!(matches!(
         find("one trailing byte"),
@@ -171,4 +189,26 @@ fn debug_never_prints_entropy() {
     let shown = format!("{:?}", d.packet);
     assert!(!shown.contains(&v.valid[0].entropy[..16]));
     assert!(shown.contains("SecretBytes(64 bytes)"));
+}
+
+#[test]
+fn node_signature_round_trips_only_for_decentralized_sources() {
+    let key = SigningKey::generate();
+    let mut p = crate::wire::sample_packet(&key, "kirqd-a", 64, SourceKind::Qrng);
+    p.round = (1 << 63) - 1;
+    p.mix_alg = crate::wire::MIX_RP64;
+    p.provenance.push(SourceEntry {
+        kind: SourceKind::Decentralized,
+        id: "node-1".into(),
+        byte_count: 64,
+        commitment: [7; 32],
+        node_signature: vec![9; 700],
+    });
+    let bytes = p.encode_signed(&key);
+    let d = Packet::decode(&bytes).unwrap().packet;
+    assert_eq!(d.round, p.round);
+    assert_eq!(d.mix_alg, crate::wire::MIX_RP64);
+    assert_eq!(d.provenance, p.provenance);
+    assert!(d.provenance[0].node_signature.is_empty());
+    assert_eq!(d.provenance[1].node_signature.len(), 700);
 }
