@@ -26,6 +26,7 @@ fn verifier(key: &SigningKey) -> Verifier {
             recipient: "bench".into(),
             max_skew_ms: 5000,
             require_proof: false,
+            min_node_quorum: 0,
             replay_capacity: 10_000_000,
             alpha_exp: 30,
         },

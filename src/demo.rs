@@ -74,6 +74,8 @@ pub fn configs(dir: &Path, http: Option<SocketAddr>) -> anyhow::Result<(HubConfi
         trust: TrustConfig {
             hub_keys: vec![dir.join("hub-signing.pub")],
             require_proof: false,
+            nodes: Vec::new(),
+            min_node_quorum: 0,
             max_clock_skew_ms: crate::verify::DEFAULT_MAX_SKEW_MS,
             replay_cache_entries: crate::verify::DEFAULT_REPLAY_CAPACITY,
         },

@@ -1,7 +1,8 @@
 //! The daemon's packet verifier: every check, in a fixed order, before a byte is admitted.
 //!
 //! Order: size → decode (structure, version) → recipient → time window → nonce not seen →
-//! signature by a trusted hub key → proof policy → health tests on the entropy → record the nonce.
+//! signature by a trusted hub key → each decentralized node's signature on its commitment → node
+//! quorum → proof policy and the mixing proof → health tests on the entropy → record the nonce.
 //! Each failure is a distinct [`Reject`] with a stable reason label. Cheap checks come first so a
 //! flood of bad packets costs little; the nonce is recorded only after the signature verified, so
 //! unsigned junk cannot fill the replay cache.
@@ -17,7 +18,7 @@ use crate::crypto::falcon::{KeyId, VerifyingKey};
 use crate::health::{HealthFailure, HealthTester};
 use crate::pool::Provenance;
 use crate::secret::SecretBytes;
-use crate::wire::{DecodeError, MAX_LIFETIME_MS, PROOF_NONE, Packet, SourceEntry};
+use crate::wire::{DecodeError, MAX_LIFETIME_MS, PROOF_NONE, Packet, SourceEntry, SourceKind};
 
 pub const DEFAULT_MAX_SKEW_MS: u64 = 5_000;
 pub const DEFAULT_REPLAY_CAPACITY: usize = 262_144;
@@ -41,6 +42,10 @@ pub enum Reject {
     UnknownKey(KeyId),
     #[error("signature does not verify")]
     BadSignature,
+    #[error("node {node}: {why}")]
+    BadNodeSignature { node: String, why: &'static str },
+    #[error("{have} trusted node commitments, at least {need} required")]
+    QuorumNotMet { have: usize, need: usize },
     #[error("a mixing proof is required and the packet has none")]
     ProofRequired,
     #[error("proof algorithm {0} is not supported")]
@@ -61,6 +66,8 @@ impl Reject {
             Self::ReplayCacheFull => "replay_cache_full",
             Self::UnknownKey(_) => "unknown_key",
             Self::BadSignature => "bad_signature",
+            Self::BadNodeSignature { .. } => "bad_node_signature",
+            Self::QuorumNotMet { .. } => "quorum_not_met",
             Self::ProofRequired => "proof_required",
             Self::UnsupportedProof(_) => "bad_proof",
             Self::Health(..) => "health_failed",
@@ -81,6 +88,8 @@ impl Reject {
         "replay_cache_full",
         "unknown_key",
         "bad_signature",
+        "bad_node_signature",
+        "quorum_not_met",
         "proof_required",
         "bad_proof",
         "health_failed",
@@ -133,6 +142,8 @@ pub struct Policy {
     pub recipient: String,
     pub max_skew_ms: u64,
     pub require_proof: bool,
+    /// Packets must carry at least this many valid commitments from distinct trusted nodes.
+    pub min_node_quorum: usize,
     pub replay_capacity: usize,
     pub alpha_exp: u32,
 }
@@ -160,6 +171,8 @@ impl ReplayCache {
 pub struct Verifier {
     policy: Policy,
     keys: RwLock<Arc<HashMap<KeyId, VerifyingKey>>>,
+    /// Trusted decentralized nodes by id.
+    nodes: RwLock<Arc<HashMap<String, VerifyingKey>>>,
     replay: Mutex<ReplayCache>,
 }
 
@@ -176,6 +189,7 @@ impl Verifier {
         let v = Self {
             policy,
             keys: RwLock::new(Arc::new(HashMap::new())),
+            nodes: RwLock::new(Arc::new(HashMap::new())),
             replay: Mutex::new(ReplayCache::default()),
         };
         v.set_trusted_keys(trusted);
@@ -190,6 +204,38 @@ impl Verifier {
     pub fn set_trusted_keys(&self, trusted: Vec<VerifyingKey>) {
         let map = trusted.into_iter().map(|k| (k.id(), k)).collect();
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+    }
+
+    /// Replaces the trusted decentralized nodes (id and Falcon-512 key).
+    pub fn set_trusted_nodes(&self, nodes: Vec<(String, VerifyingKey)>) {
+        *self.nodes.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(nodes.into_iter().collect());
+    }
+
+    /// Checks each decentralized entry's node signature; returns how many distinct trusted nodes
+    /// signed.
+    fn check_nodes(&self, pkt: &Packet) -> Result<usize, Reject> {
+        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut signed = std::collections::HashSet::new();
+        for s in pkt
+            .provenance
+            .iter()
+            .filter(|s| s.kind == SourceKind::Decentralized)
+        {
+            let bad = |why| Reject::BadNodeSignature {
+                node: s.id.clone(),
+                why,
+            };
+            let key = nodes.get(&s.id).ok_or_else(|| bad("not a trusted node"))?;
+            let digest = crate::crypto::node_signing_digest(pkt.round, &s.id, &s.commitment);
+            if !key.verify(&digest, &s.node_signature) {
+                return Err(bad("signature on its commitment does not verify"));
+            }
+            if !signed.insert(s.id.as_str()) {
+                return Err(bad("listed twice"));
+            }
+        }
+        Ok(signed.len())
     }
 
     pub fn trusted_key_ids(&self) -> Vec<KeyId> {
@@ -236,6 +282,13 @@ impl Verifier {
         if !key.verify(&crate::wire::signing_digest(decoded.signed), &pkt.signature) {
             return Err(Reject::BadSignature);
         }
+        let have = self.check_nodes(&pkt)?;
+        if have < p.min_node_quorum {
+            return Err(Reject::QuorumNotMet {
+                have,
+                need: p.min_node_quorum,
+            });
+        }
         match pkt.proof_alg {
             PROOF_NONE if p.require_proof => return Err(Reject::ProofRequired),
             PROOF_NONE => {}
@@ -271,5 +324,91 @@ impl Verifier {
     /// Nonces currently remembered (for stats).
     pub fn replay_cache_len(&self) -> usize {
         self.replay().seen.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::falcon::SigningKey;
+    use crate::wire::{SourceKind, sample_packet};
+
+    fn verifier(hub: &SigningKey, quorum: usize, nodes: &[(&str, &SigningKey)]) -> Verifier {
+        let v = Verifier::new(
+            Policy {
+                recipient: "kirqd-t".into(),
+                max_skew_ms: DEFAULT_MAX_SKEW_MS,
+                require_proof: false,
+                min_node_quorum: quorum,
+                replay_capacity: 1024,
+                alpha_exp: 30,
+            },
+            vec![hub.verifying_key().clone()],
+        );
+        v.set_trusted_nodes(
+            nodes
+                .iter()
+                .map(|(id, k)| ((*id).to_owned(), k.verifying_key().clone()))
+                .collect(),
+        );
+        v
+    }
+
+    /// A packet with one node entry per `(id, signer)`, each signing its commitment.
+    fn with_nodes(hub: &SigningKey, nodes: &[(&str, &SigningKey)]) -> Vec<u8> {
+        let mut p = sample_packet(hub, "kirqd-t", 256, SourceKind::Qrng);
+        p.round = 42;
+        for (id, k) in nodes {
+            let commitment = [id.len() as u8; 32];
+            let sig = k.sign(&crate::crypto::node_signing_digest(42, id, &commitment));
+            p.provenance.push(SourceEntry {
+                kind: SourceKind::Decentralized,
+                id: (*id).to_owned(),
+                byte_count: 64,
+                commitment,
+                node_signature: sig,
+            });
+        }
+        p.encode_signed(hub).to_vec()
+    }
+
+    #[test]
+    fn node_signatures_and_quorum() {
+        let hub = SigningKey::generate();
+        let (a, b, stranger) = (
+            SigningKey::generate(),
+            SigningKey::generate(),
+            SigningKey::generate(),
+        );
+        let now = crate::util::now_ms();
+        let v = verifier(&hub, 2, &[("node-a", &a), ("node-bb", &b)]);
+        let good = with_nodes(&hub, &[("node-a", &a), ("node-bb", &b)]);
+        assert!(v.verify(&good, now).is_ok());
+
+        let reason = |bytes: &[u8]| v.verify(bytes, now).unwrap_err().reason();
+        // One trusted node is below the quorum of two.
+        assert_eq!(
+            reason(&with_nodes(&hub, &[("node-a", &a)])),
+            "quorum_not_met"
+        );
+        // A trusted id whose entry another key signed.
+        let forged = with_nodes(&hub, &[("node-a", &a), ("node-bb", &stranger)]);
+        assert_eq!(reason(&forged), "bad_node_signature");
+        // A node the daemon does not know.
+        let unknown = with_nodes(
+            &hub,
+            &[("node-a", &a), ("node-bb", &b), ("node-c", &stranger)],
+        );
+        assert_eq!(reason(&unknown), "bad_node_signature");
+        // The same node twice does not make a quorum.
+        let twice = with_nodes(&hub, &[("node-a", &a), ("node-a", &a)]);
+        assert_eq!(reason(&twice), "bad_node_signature");
+        // A signature made for another round does not verify for this one.
+        let mut p = Packet::decode(&good).unwrap().packet;
+        p.round = 43;
+        p.nonce[0] ^= 1;
+        assert_eq!(reason(&p.encode_signed(&hub)), "bad_node_signature");
+        // None of the refused packets reached the replay cache.
+        assert_eq!(v.replay_cache_len(), 1);
     }
 }

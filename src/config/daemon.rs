@@ -60,12 +60,29 @@ impl PersistConfig {
 pub struct TrustConfig {
     /// Falcon-512 public key files of trusted hubs (list old and new to rotate).
     pub hub_keys: Vec<PathBuf>,
+    /// Refuse packets without a mixing proof (`bad_proof` when one fails, `proof_required` when
+    /// none is attached).
     #[serde(default)]
     pub require_proof: bool,
+    /// Decentralized QRNG nodes whose signed commitments this daemon accepts in packets.
+    #[serde(default)]
+    pub nodes: Vec<TrustedNode>,
+    /// Each packet must carry valid commitments from at least this many distinct trusted nodes
+    /// (0: packets need no nodes; any node entry a packet has must still verify).
+    #[serde(default)]
+    pub min_node_quorum: usize,
     #[serde(default = "d_skew")]
     pub max_clock_skew_ms: u64,
     #[serde(default = "d_replay")]
     pub replay_cache_entries: usize,
+}
+
+/// A decentralized node the daemon trusts: its id (as packets name it) and Falcon-512 key file.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedNode {
+    pub id: String,
+    pub public_key: PathBuf,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -262,6 +279,9 @@ impl DaemonConfig {
         for k in &mut c.trust.hub_keys {
             resolve(base, k);
         }
+        for n in &mut c.trust.nodes {
+            resolve(base, &mut n.public_key);
+        }
         resolve(base, &mut c.receive.cert);
         resolve(base, &mut c.receive.key);
         resolve(base, &mut c.receive.hub_ca);
@@ -288,6 +308,8 @@ impl DaemonConfig {
     pub fn without_keys(&self) -> Self {
         let mut c = self.clone();
         c.trust.hub_keys.clear();
+        c.trust.nodes.clear();
+        c.trust.min_node_quorum = 0;
         c
     }
 
@@ -301,6 +323,26 @@ impl DaemonConfig {
         }
         if !(1_000..=60_000).contains(&self.trust.max_clock_skew_ms) {
             return Err(invalid("trust.max_clock_skew_ms", "must be 1000..=60000"));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for n in &self.trust.nodes {
+            check_id("trust.nodes.id", &n.id)?;
+            if !ids.insert(n.id.as_str()) {
+                return Err(invalid(
+                    "trust.nodes.id",
+                    format!("node {:?} is listed twice", n.id),
+                ));
+            }
+        }
+        if self.trust.min_node_quorum > self.trust.nodes.len() {
+            return Err(invalid(
+                "trust.min_node_quorum",
+                format!(
+                    "is {} but only {} nodes are trusted",
+                    self.trust.min_node_quorum,
+                    self.trust.nodes.len()
+                ),
+            ));
         }
         if self.trust.replay_cache_entries < 1024 {
             return Err(invalid(

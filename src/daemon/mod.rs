@@ -114,6 +114,19 @@ pub fn load_trusted_keys(cfg: &DaemonConfig) -> anyhow::Result<Vec<VerifyingKey>
         .collect()
 }
 
+/// Loads the trusted decentralized nodes' keys named in the config.
+pub fn load_trusted_nodes(cfg: &DaemonConfig) -> anyhow::Result<Vec<(String, VerifyingKey)>> {
+    cfg.trust
+        .nodes
+        .iter()
+        .map(|n| {
+            VerifyingKey::load(&n.public_key)
+                .map(|k| (n.id.clone(), k))
+                .map_err(|e| anyhow::anyhow!("trusted node {}: {e}", n.id))
+        })
+        .collect()
+}
+
 /// Starts the daemon's listeners and tasks; returns once the listeners are bound.
 pub async fn start(
     cfg: DaemonConfig,
@@ -127,7 +140,9 @@ pub async fn start(
         tls::client_config(&identity, &hub_ca, cfg.receive.pq_only)?,
         Duration::from_secs(10),
     );
+    let nodes = load_trusted_nodes(&cfg)?;
     let daemon = Arc::new(Daemon::new(cfg.clone(), keys, hardening));
+    daemon.verifier.set_trusted_nodes(nodes);
     if daemon.pool.secret_memory() {
         tracing::info!("pool memory: memfd_secret (out of the kernel's direct map, never dumped)");
     } else {
@@ -244,12 +259,15 @@ pub async fn run(config_path: &Path, admit: Option<&Path>) -> anyhow::Result<()>
 fn reload(config_path: &Path, d: &Daemon) {
     let result = DaemonConfig::load(config_path)
         .map_err(anyhow::Error::from)
-        .and_then(|c| load_trusted_keys(&c).map(|k| (c, k)));
+        .and_then(|c| load_trusted_keys(&c).map(|k| (c, k)))
+        .and_then(|(c, k)| load_trusted_nodes(&c).map(|n| (c, k, n)));
     match result {
-        Ok((c, keys)) => {
+        Ok((c, keys, nodes)) => {
             let ids: Vec<_> = keys.iter().map(|k| k.id()).collect();
+            let node_ids: Vec<_> = nodes.iter().map(|(id, _)| id.clone()).collect();
             d.verifier.set_trusted_keys(keys);
-            tracing::info!(trusted_keys = ?ids, "SIGHUP: trusted hub keys reloaded; pool kept");
+            d.verifier.set_trusted_nodes(nodes);
+            tracing::info!(trusted_keys = ?ids, trusted_nodes = ?node_ids, "SIGHUP: trusted hub and node keys reloaded; pool kept");
             if format!("{:?}", c.without_keys()) != format!("{:?}", d.cfg.without_keys()) {
                 tracing::warn!("SIGHUP: other config changes need a restart to take effect");
             }

@@ -84,6 +84,7 @@ impl Daemon {
             recipient: cfg.id.clone(),
             max_skew_ms: cfg.trust.max_clock_skew_ms,
             require_proof: cfg.trust.require_proof,
+            min_node_quorum: cfg.trust.min_node_quorum,
             replay_capacity: cfg.trust.replay_cache_entries,
             alpha_exp: cfg.health.alpha_exponent,
         };

@@ -20,6 +20,7 @@ impl Fixture {
                 recipient: "d".into(),
                 max_skew_ms: 5000,
                 require_proof: false,
+                min_node_quorum: 0,
                 replay_capacity: 100_000,
                 alpha_exp: 30,
             },

@@ -47,6 +47,7 @@ fn verifier(v: &Vectors, key: &VerifyingKey) -> Verifier {
             recipient: v.recipient.clone(),
             max_skew_ms: v.max_skew_ms,
             require_proof: false,
+            min_node_quorum: 0,
             replay_capacity: 1024,
             alpha_exp: 30,
         },
