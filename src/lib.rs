@@ -23,6 +23,7 @@ pub mod hub;
 pub mod kernel;
 pub mod metrics;
 pub mod mix;
+pub mod node;
 pub mod pki;
 pub mod pool;
 pub mod quantum;
