@@ -32,6 +32,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use futures::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -272,6 +273,9 @@ fn client_id(peer: &PeerCert) -> ClientId {
     tagged_hash("kirq/node-client/v1", &[peer.0.as_ref()])
 }
 
+/// Most bytes of an oversized body read before answering 413.
+const DRAIN_CAP: usize = 1 << 20;
+
 /// Reads a JSON body of at most `limit` bytes.
 async fn read_json<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
@@ -300,26 +304,32 @@ async fn read_json<T: serde::de::DeserializeOwned>(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if declared.is_some_and(|n| n > DRAIN_CAP as u64) {
         return Err(too_large());
     }
-    let bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(b) => b,
-        Err(e) => {
-            let mut src: Option<&dyn std::error::Error> = Some(&e);
-            while let Some(s) = src {
-                if s.to_string().contains("length limit exceeded") {
-                    return Err(too_large());
-                }
-                src = s.source();
-            }
-            return Err(refuse(
+    // A body over the limit is read (up to DRAIN_CAP) and dropped, so that the client, still
+    // sending, reads the 413 instead of a reset connection.
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| {
+            refuse(
                 StatusCode::BAD_REQUEST,
                 "bad_body",
                 "cannot read the request body",
-            ));
+            )
+        })?;
+        total = total.saturating_add(chunk.len());
+        if total <= limit {
+            bytes.extend_from_slice(&chunk);
+        } else if total > DRAIN_CAP {
+            break;
         }
-    };
+    }
+    if total > limit {
+        return Err(too_large());
+    }
     serde_json::from_slice(&bytes).map_err(|e| {
         refuse(
             StatusCode::BAD_REQUEST,
