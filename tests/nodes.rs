@@ -464,6 +464,17 @@ async fn f_a_node_reveals_once_and_only_when_shown_a_quorum() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g_malformed_and_oversized_requests_get_precise_errors_and_are_counted() {
     let nodes = Nodes::start([Honest, Down, Down, Down, Down]);
+    // `--check` loads the config and every file it names.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kirq-hub"))
+        .args(["node", "--check", "--config"])
+        .arg(nodes.path("node-1.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("ok (node node-1"),
+        "{out:?}"
+    );
     let client = nodes.client();
     let commit = nodes.url(0, "/api/node/commit");
     let reveal = nodes.url(0, "/api/node/reveal");

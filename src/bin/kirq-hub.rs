@@ -34,6 +34,9 @@ enum Cmd {
         /// real faulty node. Never use it in production.
         #[arg(long, hide = true, value_enum)]
         fault: Option<kirq::node::Fault>,
+        /// Check the config and the files it names (keys, certificates), then exit.
+        #[arg(long)]
+        check: bool,
     },
     /// Write a new Falcon-512 signing key pair: DIR/NAME.key (mode 0600) and DIR/NAME.pub.
     ///
@@ -86,7 +89,12 @@ async fn main() -> std::process::ExitCode {
         }
         Cmd::Run { config } => kirq::hub::run(&config).await,
         Cmd::Keygen { out, name } => keygen(&out, &name),
-        Cmd::Node { config, fault } => kirq::node::run(&config, fault).await,
+        Cmd::Node {
+            config,
+            check: true,
+            ..
+        } => kirq::node::check(&config).map(|summary| println!("{summary}")),
+        Cmd::Node { config, fault, .. } => kirq::node::run(&config, fault).await,
         Cmd::Pki {
             out,
             hubs,
@@ -111,6 +119,8 @@ async fn main() -> std::process::ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|c| {
                 kirq::crypto::falcon::SigningKey::load(&c.signing_key)?;
+                // The node CA and every node's public key, when nodes are configured.
+                kirq::sources::decentralized::Decentralized::from_hub_config(&c)?;
                 println!(
                     "{}: ok (hub {}, {} sources)",
                     config.display(),

@@ -812,6 +812,35 @@ async fn node_health(State(state): State<Arc<NodeState>>) -> Json<serde_json::Va
     }))
 }
 
+/// Loads a node's config and every file it names (keys, certificates, the source's files) without
+/// starting it; returns a one-line summary.
+pub fn check(config_path: &Path) -> anyhow::Result<String> {
+    let cfg = NodeConfig::load(config_path)?;
+    let key = SigningKey::load(&cfg.signing_key)?;
+    let identity = Identity::load(&cfg.tls.cert, &cfg.tls.key)?;
+    tls::server_config(
+        &identity,
+        &tls::load_certs(&cfg.tls.client_ca)?,
+        cfg.tls.pq_only,
+    )?;
+    let peers = load_peers(&cfg)?;
+    crate::hub::make_source(&cfg.source).map_err(|e| {
+        anyhow::anyhow!(
+            "source {:?} ({}): {e}",
+            cfg.source.id(),
+            cfg.source.source.name()
+        )
+    })?;
+    Ok(format!(
+        "{}: ok (node {}, key id {}, {} peers, quorum {})",
+        config_path.display(),
+        cfg.id,
+        key.verifying_key().id(),
+        peers.len(),
+        cfg.quorum
+    ))
+}
+
 /// Runs a node from its config file until SIGINT/SIGTERM.
 pub async fn run(config_path: &Path, fault: Option<Fault>) -> anyhow::Result<()> {
     let cfg = NodeConfig::load(config_path)?;
