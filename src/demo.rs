@@ -68,6 +68,7 @@ pub fn configs(dir: &Path, http: Option<SocketAddr>) -> anyhow::Result<(HubConfi
         sources: vec![SourceConfig::local("local")],
         health: HealthConfig::default(),
         hybrid: Default::default(),
+        decentralized: None,
     };
     let daemon = DaemonConfig {
         id: DAEMON_ID.into(),

@@ -4,7 +4,9 @@
 //! ([`sources`]), health-tests each source ([`health`]), mixes ([`mix`]), signs each packet
 //! ([`crypto`]) in the canonical encoding of [`wire`], and delivers it over mutual TLS ([`tls`]).
 //! `kirqd` ([`daemon`]) verifies every packet completely ([`verify`]) before a byte of it enters the
-//! single-use [`pool`], and serves the pool through the HTTP shim ([`http`]).
+//! single-use [`pool`], and serves the pool through the HTTP shim ([`http`]). `kirq-hub node`
+//! ([`node`]) runs a decentralized QRNG node; hubs ask such nodes through
+//! [`sources::decentralized`].
 //!
 //! The one design rule a reader must know: [`pool::Pool::admit`] takes a
 //! [`verify::VerifiedPacket`], a value only [`verify::Verifier`] can construct, so entropy that
@@ -23,6 +25,7 @@ pub mod hub;
 pub mod kernel;
 pub mod metrics;
 pub mod mix;
+pub mod node;
 pub mod pki;
 pub mod pool;
 pub mod quantum;

@@ -122,3 +122,21 @@ pub fn write_dev_pki(dir: &Path, hubs: &[&str], daemons: &[&str]) -> Result<(), 
     }
     Ok(())
 }
+
+/// Writes a development PKI for decentralized nodes into `dir`: `node-ca.pem` and, for each name,
+/// `NAME.crt` and `NAME.key` (0600), also naming `localhost` and `127.0.0.1`. Hubs trust
+/// `node-ca.pem` (`decentralized.node_ca`); nodes trust the hub CA for their clients.
+pub fn write_dev_node_pki(dir: &Path, nodes: &[&str]) -> Result<(), PkiError> {
+    std::fs::create_dir_all(dir).map_err(|source| PkiError::Write {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let ca = Ca::new("Kirq development node-ca")?;
+    write_new(&dir.join("node-ca.pem"), ca.cert_pem(), 0o644)?;
+    for name in nodes {
+        let leaf = ca.issue(name, &["localhost", "127.0.0.1", "::1"])?;
+        write_new(&dir.join(format!("{name}.crt")), &leaf.cert_pem, 0o644)?;
+        write_new(&dir.join(format!("{name}.key")), &leaf.key_pem, 0o600)?;
+    }
+    Ok(())
+}

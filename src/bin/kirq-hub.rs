@@ -24,10 +24,25 @@ enum Cmd {
         #[arg(long, short, default_value = "/etc/kirq/kirq-hub.toml")]
         config: PathBuf,
     },
+    /// Run a decentralized QRNG node: signed commitments and reveals of its own source's bytes,
+    /// served to hubs over mutual TLS.
+    Node {
+        /// Path to the node's TOML config.
+        #[arg(long, short, default_value = "/etc/kirq/kirq-node.toml")]
+        config: PathBuf,
+        /// TEST ONLY: misbehave on purpose (withhold-reveal, wrong-reveal), so tests can run a
+        /// real faulty node. Never use it in production.
+        #[arg(long, hide = true, value_enum)]
+        fault: Option<kirq::node::Fault>,
+        /// Check the config and the files it names (keys, certificates), then exit.
+        #[arg(long)]
+        check: bool,
+    },
     /// Write a new Falcon-512 signing key pair: DIR/NAME.key (mode 0600) and DIR/NAME.pub.
     ///
-    /// Give NAME.pub to every daemon (trust.hub_keys); keep NAME.key on the hub. Existing files
-    /// are never overwritten.
+    /// Give NAME.pub to every daemon (trust.hub_keys); keep NAME.key on the hub. For a node, give
+    /// NAME.pub to the hubs (decentralized.nodes.public_key) and the other nodes (peers). Existing
+    /// files are never overwritten.
     Keygen {
         #[arg(long)]
         out: PathBuf,
@@ -46,6 +61,9 @@ enum Cmd {
         /// Daemon ids (certificate DNS names); repeat for several.
         #[arg(long = "daemon", required = true)]
         daemons: Vec<String>,
+        /// Decentralized node ids (certificate DNS names, from a third CA, node-ca.pem).
+        #[arg(long = "node")]
+        nodes: Vec<String>,
     },
     /// Write man pages (roff) for this program and its subcommands into --out.
     #[command(hide = true)]
@@ -71,10 +89,29 @@ async fn main() -> std::process::ExitCode {
         }
         Cmd::Run { config } => kirq::hub::run(&config).await,
         Cmd::Keygen { out, name } => keygen(&out, &name),
-        Cmd::Pki { out, hubs, daemons } => {
+        Cmd::Node {
+            config,
+            check: true,
+            ..
+        } => kirq::node::check(&config).map(|summary| println!("{summary}")),
+        Cmd::Node { config, fault, .. } => kirq::node::run(&config, fault).await,
+        Cmd::Pki {
+            out,
+            hubs,
+            daemons,
+            nodes,
+        } => {
             let hubs: Vec<&str> = hubs.iter().map(String::as_str).collect();
             let daemons: Vec<&str> = daemons.iter().map(String::as_str).collect();
+            let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
             kirq::pki::write_dev_pki(&out, &hubs, &daemons)
+                .and_then(|()| {
+                    if nodes.is_empty() {
+                        Ok(())
+                    } else {
+                        kirq::pki::write_dev_node_pki(&out, &nodes)
+                    }
+                })
                 .map(|()| println!("wrote development PKI to {}", out.display()))
                 .map_err(Into::into)
         }
@@ -82,6 +119,8 @@ async fn main() -> std::process::ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|c| {
                 kirq::crypto::falcon::SigningKey::load(&c.signing_key)?;
+                // The node CA and every node's public key, when nodes are configured.
+                kirq::sources::decentralized::Decentralized::from_hub_config(&c)?;
                 println!(
                     "{}: ok (hub {}, {} sources)",
                     config.display(),

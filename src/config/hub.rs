@@ -33,6 +33,9 @@ pub struct HubConfig {
     pub health: HealthConfig,
     #[serde(default)]
     pub hybrid: HybridConfig,
+    /// Decentralized QRNG nodes asked each round (commit-reveal with a k-of-n quorum).
+    #[serde(default)]
+    pub decentralized: Option<super::DecentralizedConfig>,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -362,7 +365,7 @@ impl SourceConfig {
         self.common.kind.unwrap_or(self.source.default_kind())
     }
 
-    fn resolve_paths(&mut self, base: &Path) {
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
         match &mut self.source {
             SourceType::Local {} | SourceType::Usb(_) => {}
             SourceType::Rest(r) => {
@@ -382,7 +385,7 @@ impl SourceConfig {
         }
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         use crate::wire::SourceKind;
         let c = &self.common;
         check_id("sources.id", self.id())?;
@@ -522,6 +525,9 @@ impl HubConfig {
         for s in &mut c.sources {
             s.resolve_paths(base);
         }
+        if let Some(d) = &mut c.decentralized {
+            d.resolve_paths(base);
+        }
         c.validate()?;
         Ok(c)
     }
@@ -566,6 +572,9 @@ impl HubConfig {
                 "hybrid.min_sources",
                 format!("must be 1..={} (the number of sources)", self.sources.len()),
             ));
+        }
+        if let Some(d) = &self.decentralized {
+            d.validate()?;
         }
         check_health(&self.health)
     }

@@ -1,4 +1,4 @@
-//! TOML configuration for kirqd and kirq-hub.
+//! TOML configuration for kirqd, kirq-hub and its node mode.
 //!
 //! Parsing is serde with `deny_unknown_fields` (a misspelt key is an error, not a silent default);
 //! meaning is checked by a separate `validate()` whose errors name the offending key. Relative
@@ -6,10 +6,12 @@
 
 mod daemon;
 mod hub;
+mod node;
 mod quantum;
 
 pub use daemon::*;
 pub use hub::*;
+pub use node::*;
 pub use quantum::*;
 
 use std::path::{Path, PathBuf};

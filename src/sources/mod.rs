@@ -4,10 +4,12 @@
 //!
 //! Kinds: `local` (getrandom), `rest` (QRNG services over HTTPS), `pkcs11` (HSMs), `spore`
 //! (Crypto4A's signed entropy service), `usb` (vendor-class bulk devices) and `device` (character
-//! devices and ttys). The one design choice a reader must know: an adapter reports *why* a fetch
+//! devices and ttys). Decentralized QRNG nodes are not a [`Source`]: a round over several nodes
+//! has its own client, [`decentralized::Decentralized`]. The one design choice a reader must know: an adapter reports *why* a fetch
 //! failed as a [`SourceError`] variant, and the gate alone decides what that costs (fatal stop,
 //! quota wait, Retry-After, exponential backoff), so every adapter backs off the same way.
 
+pub mod decentralized;
 pub mod device;
 pub mod gate;
 mod httpx;
