@@ -28,6 +28,18 @@
 //! The 7 output bytes of a uniform field element are within 2^-32 statistical distance of
 //! uniform (p = 2^64 - 2^32 + 1).
 
+mod air;
+#[cfg(test)]
+mod proof_tests;
+mod prover;
+mod verifier;
+
+pub use air::{MAX_PARTS, MAX_TRACE_LEN, proof_options};
+pub use prover::{ProveError, Proven, prove};
+pub use verifier::{
+    MAX_PROOF_BYTES, PublicPart, VerifyError, security_bits, security_bits_at, verify,
+};
+
 use sha3::{Digest, Sha3_256};
 use winterfell::crypto::hashers::Rp64_256;
 use winterfell::math::fields::f64::BaseElement;
