@@ -15,10 +15,14 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::crypto::falcon::{KeyId, VerifyingKey};
+use crate::crypto::stark::{self, PublicPart};
 use crate::health::{HealthFailure, HealthTester};
 use crate::pool::Provenance;
 use crate::secret::SecretBytes;
-use crate::wire::{DecodeError, MAX_LIFETIME_MS, PROOF_NONE, Packet, SourceEntry, SourceKind};
+use crate::wire::{
+    DecodeError, MAX_LIFETIME_MS, MIX_RP64, PROOF_NONE, PROOF_STARK_RP64, Packet, SourceEntry,
+    SourceKind,
+};
 
 pub const DEFAULT_MAX_SKEW_MS: u64 = 5_000;
 pub const DEFAULT_REPLAY_CAPACITY: usize = 262_144;
@@ -50,6 +54,10 @@ pub enum Reject {
     ProofRequired,
     #[error("proof algorithm {0} is not supported")]
     UnsupportedProof(u8),
+    #[error("a STARK proof needs the Rescue-Prime mixer, the packet names mixer {0}")]
+    ProofForOtherMixer(u8),
+    #[error("mixing proof does not verify: {0}")]
+    BadProof(#[source] crate::crypto::stark::VerifyError),
     #[error("entropy from key {0} failed health tests")]
     Health(KeyId, #[source] HealthFailure),
 }
@@ -69,7 +77,9 @@ impl Reject {
             Self::BadNodeSignature { .. } => "bad_node_signature",
             Self::QuorumNotMet { .. } => "quorum_not_met",
             Self::ProofRequired => "proof_required",
-            Self::UnsupportedProof(_) => "bad_proof",
+            Self::UnsupportedProof(_) | Self::ProofForOtherMixer(_) | Self::BadProof(_) => {
+                "bad_proof"
+            }
             Self::Health(..) => "health_failed",
         }
     }
@@ -292,6 +302,22 @@ impl Verifier {
         match pkt.proof_alg {
             PROOF_NONE if p.require_proof => return Err(Reject::ProofRequired),
             PROOF_NONE => {}
+            PROOF_STARK_RP64 if pkt.mix_alg != MIX_RP64 => {
+                return Err(Reject::ProofForOtherMixer(pkt.mix_alg));
+            }
+            PROOF_STARK_RP64 => {
+                let parts: Vec<PublicPart> = pkt
+                    .provenance
+                    .iter()
+                    .map(|s| PublicPart {
+                        id: s.id.clone(),
+                        len: s.byte_count as usize,
+                        commitment: s.commitment,
+                    })
+                    .collect();
+                stark::verify(pkt.round, &parts, pkt.entropy.expose(), &pkt.proof)
+                    .map_err(Reject::BadProof)?;
+            }
             other => return Err(Reject::UnsupportedProof(other)),
         }
         // Mixed output claims full entropy: test it as 8 bits per byte, fresh for each packet.

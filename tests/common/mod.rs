@@ -49,6 +49,11 @@ impl Fleet {
 
     /// Writes kirqd.toml. `extra` is appended (TOML tables: [fallback], [pool], ...).
     pub fn daemon_config(&self, with_hub: bool, extra: &str) -> PathBuf {
+        self.daemon_config_trust(with_hub, "", extra)
+    }
+
+    /// Like [`Self::daemon_config`], with `trust` lines added to the `[trust]` table.
+    pub fn daemon_config_trust(&self, with_hub: bool, trust: &str, extra: &str) -> PathBuf {
         let hubs = if with_hub {
             format!("[[hubs]]\nurl = \"https://localhost:{}\"\n", self.hub_port)
         } else {
@@ -58,6 +63,7 @@ impl Fleet {
             r#"id = "{DAEMON_ID}"
 [trust]
 hub_keys = ["hub-signing.pub"]
+{trust}
 [receive]
 listen = "127.0.0.1:{}"
 cert = "{DAEMON_ID}.crt"

@@ -1,0 +1,199 @@
+//! Mixing proofs and node commitments checked by a real kirqd: a proven packet whose nodes the
+//! daemon trusts is admitted; each kind of tampering (re-signed by the hub, so only the proof or
+//! a node signature can catch it) is refused with its reason, counted, and admits nothing.
+
+mod common;
+
+use common::*;
+use kirq::crypto::falcon::SigningKey;
+use kirq::crypto::stark;
+use kirq::secret::SecretBytes;
+use kirq::wire::{MIX_RP64, PROOF_STARK_RP64, Packet, SourceEntry, SourceKind};
+
+const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
+/// Proven output per packet: small, because the suite runs debug builds.
+const OUT: usize = 8 * stark::OUTPUT_BLOCK_BYTES;
+
+fn random(n: usize) -> SecretBytes {
+    let mut b = SecretBytes::zeroed(n);
+    getrandom::fill(b.expose_mut()).unwrap();
+    b
+}
+
+struct Setup {
+    f: Fleet,
+    nodes: Vec<SigningKey>,
+    _p: Proc,
+}
+
+impl Setup {
+    /// kirqd requiring a proof and all three nodes.
+    fn start() -> Self {
+        let f = Fleet::new();
+        let nodes: Vec<SigningKey> = NODES.iter().map(|_| SigningKey::generate()).collect();
+        let mut trust = String::from("require_proof = true\nmin_node_quorum = 3\n");
+        for (id, k) in NODES.iter().zip(&nodes) {
+            k.write_pair(f.dir.path(), id).unwrap();
+            trust.push_str(&format!(
+                "[[trust.nodes]]\nid = \"{id}\"\npublic_key = \"{id}.pub\"\n"
+            ));
+        }
+        let cfg = f.daemon_config_trust(false, &trust, "[fallback]\nenabled = false");
+        let p = kirqd(&f, &cfg, &[]);
+        Self { f, nodes, _p: p }
+    }
+
+    /// A packet as a hub with three nodes and one bulk source makes it, proven and signed by
+    /// the nodes; `round` names the commitments.
+    fn packet(&self, round: u64) -> Packet {
+        let node_bytes: Vec<SecretBytes> = NODES.iter().map(|_| random(64)).collect();
+        let bulk = random(OUT);
+        let mut parts: Vec<stark::Part<'_>> = NODES
+            .iter()
+            .zip(&node_bytes)
+            .map(|(id, b)| stark::Part { id, bytes: b })
+            .collect();
+        parts.push(stark::Part {
+            id: "qrng-1",
+            bytes: &bulk,
+        });
+        let proven = stark::prove(round, &parts, OUT).expect("prove");
+        let mut provenance: Vec<SourceEntry> = NODES
+            .iter()
+            .zip(&self.nodes)
+            .zip(&proven.commitments)
+            .map(|((id, key), c)| SourceEntry {
+                kind: SourceKind::Decentralized,
+                id: (*id).into(),
+                byte_count: 64,
+                commitment: *c,
+                node_signature: key.sign(&kirq::crypto::node_signing_digest(round, id, c)),
+            })
+            .collect();
+        provenance.push(SourceEntry {
+            kind: SourceKind::Qrng,
+            id: "qrng-1".into(),
+            byte_count: OUT as u32,
+            commitment: proven.commitments[3],
+            node_signature: Vec::new(),
+        });
+        let mut p = self.f.packet(OUT);
+        p.mix_alg = MIX_RP64;
+        p.proof_alg = PROOF_STARK_RP64;
+        p.round = round;
+        p.provenance = provenance;
+        p.entropy = proven.output;
+        p.proof = proven.proof;
+        p
+    }
+
+    fn signed(&self, p: &Packet) -> Vec<u8> {
+        p.encode_signed(&self.f.key).to_vec()
+    }
+
+    fn pool(&self) -> (u64, u64) {
+        let h = get_json(&self.f.http("/api/rng/health"));
+        (
+            h["pool"]["total_bytes"].as_u64().unwrap(),
+            h["pool"]["admitted_bytes_total"].as_u64().unwrap(),
+        )
+    }
+
+    fn rejected(&self, reason: &str) -> u64 {
+        get_json(&self.f.http("/api/rng/stats"))["packets_rejected"][reason]
+            .as_u64()
+            .unwrap()
+    }
+
+    fn metric(&self, reason: &str) -> u64 {
+        let m = reqwest::blocking::get(self.f.http("/metrics"))
+            .unwrap()
+            .text()
+            .unwrap();
+        let prefix = format!("kirq_packets_rejected_total{{reason=\"{reason}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no metric for {reason}"))
+            .parse()
+            .unwrap()
+    }
+
+    fn expect_reject(&self, what: &str, body: Vec<u8>, reason: &str) {
+        let before = self.pool();
+        let count = self.rejected(reason);
+        let (s, resp) = self.f.push_raw(body);
+        assert_eq!(s, 400, "{what}: {resp}");
+        assert_eq!(resp["reason"], reason, "{what}: {resp}");
+        assert_eq!(self.rejected(reason), count + 1, "{what}: counted in stats");
+        assert_eq!(self.metric(reason), count + 1, "{what}: counted in metrics");
+        assert_eq!(self.pool(), before, "{what}: nothing admitted");
+    }
+}
+
+#[test]
+fn proven_packets_are_admitted_and_tampering_is_refused() {
+    let s = Setup::start();
+    let good = s.packet(1_000);
+    let (status, resp) = s.f.push_raw(s.signed(&good));
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(s.pool(), (OUT as u64, OUT as u64));
+
+    // One output byte flipped, re-signed by the hub: only the proof can tell.
+    let mut p = s.packet(1_001);
+    p.entropy.expose_mut()[5] ^= 0x01;
+    s.expect_reject("output byte flipped", s.signed(&p), "bad_proof");
+
+    // The bulk source's commitment changed (the hub's own: no node signature covers it).
+    let mut p = s.packet(1_002);
+    p.provenance[3].commitment[0] ^= 0x01;
+    s.expect_reject("hub commitment changed", s.signed(&p), "bad_proof");
+
+    // A node's commitment changed: its signature no longer matches.
+    let mut p = s.packet(1_003);
+    p.provenance[1].commitment[7] ^= 0x80;
+    s.expect_reject(
+        "node commitment changed",
+        s.signed(&p),
+        "bad_node_signature",
+    );
+
+    // One proof byte changed, in the middle of the proof.
+    let mut p = s.packet(1_004);
+    let mid = p.proof.len() / 2;
+    p.proof[mid] ^= 0x01;
+    s.expect_reject("proof byte changed", s.signed(&p), "bad_proof");
+
+    // The proof of another packet (same shape, other contributions).
+    let donor = s.packet(1_005);
+    let mut p = s.packet(1_005);
+    p.proof = donor.proof;
+    s.expect_reject("proof from another packet", s.signed(&p), "bad_proof");
+
+    // A commitment signed by a node the daemon does not trust, under a trusted node's id.
+    let mut p = s.packet(1_006);
+    let stranger = SigningKey::generate();
+    let c = p.provenance[2].commitment;
+    p.provenance[2].node_signature =
+        stranger.sign(&kirq::crypto::node_signing_digest(1_006, NODES[2], &c));
+    s.expect_reject(
+        "untrusted node signature",
+        s.signed(&p),
+        "bad_node_signature",
+    );
+
+    // Only two nodes: below the daemon's quorum of three.
+    let mut p = s.packet(1_007);
+    p.provenance.remove(0);
+    s.expect_reject("two nodes of three", s.signed(&p), "quorum_not_met");
+
+    // Without a proof: refused, the daemon requires one.
+    let mut p = s.packet(1_008);
+    p.proof_alg = kirq::wire::PROOF_NONE;
+    p.proof.clear();
+    s.expect_reject("no proof", s.signed(&p), "proof_required");
+
+    // And an honest packet still goes through afterwards.
+    let (status, resp) = s.f.push_raw(s.signed(&s.packet(1_009)));
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(s.pool(), (2 * OUT as u64, 2 * OUT as u64));
+}
