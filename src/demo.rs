@@ -69,6 +69,7 @@ pub fn configs(dir: &Path, http: Option<SocketAddr>) -> anyhow::Result<(HubConfi
         health: HealthConfig::default(),
         hybrid: Default::default(),
         decentralized: None,
+        proof: Default::default(),
     };
     let daemon = DaemonConfig {
         id: DAEMON_ID.into(),

@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{Proc, free_port, wait_for};
+use common::{DAEMON_ID, Fleet, HUB_ID, Proc, free_port, get_json, wait_for};
 use kirq::config::DecentralizedConfig;
 use kirq::crypto::falcon::{SigningKey, VerifyingKey};
 use kirq::crypto::{node_signing_digest, stark};
@@ -46,11 +46,20 @@ struct Nodes {
 
 impl Nodes {
     fn start(roles: [Role; N]) -> Self {
+        Self::start_for(roles, None)
+    }
+
+    /// Like [`Self::start`]; with `hub_ca`, the nodes accept hubs whose certificates that CA
+    /// issued (a [`common::Fleet`]'s hub) instead of their own test hub's.
+    fn start_for(roles: [Role; N], hub_ca: Option<&std::path::Path>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
         let ids: Vec<String> = (0..N).map(id).collect();
         let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         kirq::pki::write_dev_pki(p, &["hub-1"], &[]).unwrap();
+        if let Some(ca) = hub_ca {
+            std::fs::copy(ca, p.join("hub-ca.pem")).unwrap();
+        }
         kirq::pki::write_dev_node_pki(p, &id_refs).unwrap();
         for i in &ids {
             SigningKey::generate()
@@ -574,4 +583,130 @@ async fn g_malformed_and_oversized_requests_get_precise_errors_and_are_counted()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+fn metric_value(text: &str, line_prefix: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// The whole path: five node processes (one withholds its reveal, one signs with a key nobody
+/// trusts), a `kirq-hub run` process with proofs required, and kirqd requiring a proof and three
+/// trusted nodes per packet. Packets reach the pool, every one verified, none refused; the hub
+/// reports each exclusion by reason.
+#[test]
+fn proven_packets_from_five_nodes_reach_kirqd() {
+    let f = Fleet::new();
+    let nodes = Nodes::start_for(
+        [Honest, Honest, Honest, Withhold, RogueKey],
+        Some(&f.path("hub-ca.pem")),
+    );
+    let hub_metrics_port = free_port();
+    let mut hub_text = format!(
+        r#"id = "{HUB_ID}"
+signing_key = "hub-signing.key"
+listen = "127.0.0.1:{hub_port}"
+metrics_listen = "127.0.0.1:{hub_metrics_port}"
+push_interval_ms = 200
+[tls]
+cert = "{HUB_ID}.crt"
+key = "{HUB_ID}.key"
+daemon_ca = "daemon-ca.pem"
+[[daemons]]
+id = "{DAEMON_ID}"
+url = "https://localhost:{receive_port}"
+[[sources]]
+type = "local"
+[proof]
+mode = "required"
+max_output_bytes = 448
+[decentralized]
+quorum = {K}
+node_ca = "{node_ca}"
+bytes_per_node = {BYTES}
+commit_timeout_ms = 5000
+reveal_timeout_ms = 1500
+[decentralized.offenders]
+bench_after = 1
+bench_secs = 600
+"#,
+        hub_port = f.hub_port,
+        receive_port = f.receive_port,
+        node_ca = nodes.path("node-ca.pem").display(),
+    );
+    let mut trust = format!("require_proof = true\nmin_node_quorum = {K}\n");
+    for i in 0..N {
+        let key = nodes.path(&format!("{}-falcon.pub", id(i)));
+        hub_text += &format!(
+            "[[decentralized.nodes]]\nid = \"{}\"\nurl = \"https://localhost:{}\"\npublic_key = \"{}\"\n",
+            id(i),
+            nodes.ports[i],
+            key.display()
+        );
+        trust += &format!(
+            "[[trust.nodes]]\nid = \"{}\"\npublic_key = \"{}\"\n",
+            id(i),
+            key.display()
+        );
+    }
+    let hub_cfg = f.path("kirq-hub.toml");
+    std::fs::write(&hub_cfg, hub_text).unwrap();
+    let daemon_cfg = f.daemon_config_trust(false, &trust, "[fallback]\nenabled = false");
+    let _kirqd = common::kirqd(&f, &daemon_cfg, &[]);
+    let _hub = common::hub(&f, &hub_cfg, &[]);
+
+    // Five pushed packets of 448 proven bytes each.
+    wait_for(
+        Duration::from_secs(120),
+        "five proven packets in the pool",
+        || {
+            get_json(&f.http("/api/rng/health"))["pool"]["admitted_bytes_total"]
+                .as_u64()
+                .unwrap()
+                >= 5 * 448
+        },
+    );
+    let stats = get_json(&f.http("/api/rng/stats"));
+    let rejected = stats["packets_rejected"].as_object().unwrap();
+    assert!(
+        rejected.values().all(|v| v == 0),
+        "no packet refused: {stats}"
+    );
+
+    let hub_metrics =
+        reqwest::blocking::get(format!("http://127.0.0.1:{hub_metrics_port}/metrics"))
+            .unwrap()
+            .text()
+            .unwrap();
+    assert!(
+        metric_value(
+            &hub_metrics,
+            "kirq_hub_proof_packets_total{proof=\"proven\"} "
+        ) >= 5,
+        "{hub_metrics}"
+    );
+    assert_eq!(
+        metric_value(
+            &hub_metrics,
+            "kirq_hub_proof_packets_total{proof=\"unproven\"} "
+        ),
+        0
+    );
+    // node-4 withheld once and was benched; node-5's signatures never verify.
+    let withheld = "kirq_hub_node_exclusions_total{node=\"node-4\",reason=\"withheld\"} ";
+    assert_eq!(metric_value(&hub_metrics, withheld), 1, "{hub_metrics}");
+    let benched = "kirq_hub_node_exclusions_total{node=\"node-4\",reason=\"benched\"} ";
+    assert!(metric_value(&hub_metrics, benched) >= 4, "{hub_metrics}");
+    let rogue = "kirq_hub_node_exclusions_total{node=\"node-5\",reason=\"bad_signature\"} ";
+    assert!(metric_value(&hub_metrics, rogue) >= 1, "{hub_metrics}");
+    for honest in 1..=3 {
+        let line = format!("kirq_hub_node_contributions_total{{node=\"node-{honest}\"}} ");
+        assert!(metric_value(&hub_metrics, &line) >= 5, "{hub_metrics}");
+    }
+    let health = get_json(&format!("http://127.0.0.1:{hub_metrics_port}/health"));
+    assert_eq!(health["proof"], "required", "{health}");
+    let node4 = &health["decentralized"]["nodes"][3];
+    assert_eq!(node4["id"], "node-4");
+    assert_eq!(node4["benched"], true, "{health}");
 }

@@ -36,6 +36,46 @@ pub struct HubConfig {
     /// Decentralized QRNG nodes asked each round (commit-reveal with a k-of-n quorum).
     #[serde(default)]
     pub decentralized: Option<super::DecentralizedConfig>,
+    #[serde(default)]
+    pub proof: ProofConfig,
+}
+
+/// Mixing proofs: whether packets carry a STARK that their entropy is the Rescue-Prime mix of the
+/// contributions their provenance commits to.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProofConfig {
+    #[serde(default)]
+    pub mode: ProofMode,
+    /// Proofs made at once (each also uses winterfell's own threads on every core).
+    #[serde(default = "d_proof_workers")]
+    pub workers: usize,
+    /// Most entropy bytes one proof covers; a proven packet is cut to this (a multiple of 56).
+    #[serde(default = "d_proof_bytes")]
+    pub max_output_bytes: usize,
+}
+
+impl Default for ProofConfig {
+    fn default() -> Self {
+        Self {
+            mode: ProofMode::Off,
+            workers: d_proof_workers(),
+            max_output_bytes: d_proof_bytes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProofMode {
+    /// The SHAKE256 mixer and no proof.
+    #[default]
+    Off,
+    /// The provable mixer; every packet waits for its proof.
+    Required,
+    /// The provable mixer; a proof when a prover worker is free at build time, otherwise the
+    /// packet goes without one (daemons with `require_proof` refuse those).
+    WhenIdle,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -501,6 +541,17 @@ fn d_chunk() -> usize {
 fn d_max_age() -> u64 {
     30
 }
+/// The largest `proof.max_output_bytes`: 256 KiB cut to whole blocks, a trace of about 2^16
+/// rows (about 1.5 s and 0.5 GB to prove here), well inside the verifier's trace bound.
+pub const MAX_PROVEN_OUTPUT_BYTES: usize =
+    256 * 1024 - 256 * 1024 % crate::crypto::stark::OUTPUT_BLOCK_BYTES;
+
+fn d_proof_workers() -> usize {
+    1
+}
+fn d_proof_bytes() -> usize {
+    16 * 1024 - 16 * 1024 % crate::crypto::stark::OUTPUT_BLOCK_BYTES
+}
 fn d_min_sources() -> usize {
     1
 }
@@ -575,6 +626,21 @@ impl HubConfig {
         }
         if let Some(d) = &self.decentralized {
             d.validate()?;
+        }
+        let p = &self.proof;
+        if !(1..=16).contains(&p.workers) {
+            return Err(invalid("proof.workers", "must be 1..=16"));
+        }
+        let block = crate::crypto::stark::OUTPUT_BLOCK_BYTES;
+        let max = MAX_PROVEN_OUTPUT_BYTES;
+        if p.max_output_bytes < block
+            || p.max_output_bytes > max
+            || !p.max_output_bytes.is_multiple_of(block)
+        {
+            return Err(invalid(
+                "proof.max_output_bytes",
+                format!("must be a multiple of {block} in {block}..={max}"),
+            ));
         }
         check_health(&self.health)
     }

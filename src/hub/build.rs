@@ -19,17 +19,22 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::config::{BelowMin, HybridConfig};
+use crate::config::{BelowMin, HybridConfig, ProofConfig, ProofMode};
 use crate::crypto::commit_contribution;
 use crate::crypto::falcon::SigningKey;
+use crate::crypto::stark;
 use crate::health::SourceHealth;
 use crate::metrics::{HubMetrics, Label1};
 use crate::mix::{Contribution, mix};
 use crate::secret::SecretBytes;
+use crate::sources::decentralized::{Decentralized, NodeContribution};
 use crate::sources::gate::{Blocked, Gate, Policy};
 use crate::sources::{Source, SourceError};
 use crate::util::now_ms;
-use crate::wire::{MAX_CONTRIBUTION_BYTES, Packet, SourceEntry};
+use crate::wire::{
+    MAX_CONTRIBUTION_BYTES, MIX_RP64, MIX_SHAKE256, PROOF_NONE, PROOF_STARK_RP64, Packet,
+    SourceEntry, SourceKind,
+};
 
 /// Default time one source may take for one packet's bytes.
 pub const SOURCE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,6 +47,13 @@ pub enum BuildError {
     BelowMinSources { have: usize, need: usize },
     #[error("no configured source has the id or kind {0:?}")]
     UnknownSource(String),
+    #[error(
+        "the contributions carry less than one {} -byte block of proven output",
+        stark::OUTPUT_BLOCK_BYTES
+    )]
+    TooLittleForProof,
+    #[error("proving the mix failed: {0}")]
+    Prove(String),
 }
 
 /// How the hub treats one source beyond fetching: its share and its backoff.
@@ -107,6 +119,23 @@ pub struct PacketFactory {
     hybrid: HybridConfig,
     mode: Mutex<(Mode, usize)>,
     hm: HybridMetrics,
+    proof: ProofConfig,
+    /// One permit per prover worker.
+    provers: std::sync::Arc<tokio::sync::Semaphore>,
+    /// The last mixing round used: rounds strictly increase.
+    round: AtomicU64,
+    pm: ProofMetrics,
+    decentralized: Option<Decentralized>,
+}
+
+#[derive(Debug, Default)]
+struct ProofMetrics {
+    /// Packets by proof outcome: proven, unproven (when_idle and all provers busy), off.
+    packets: Family<Label1, Counter>,
+    /// Seconds spent proving, total.
+    seconds: prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
+    proof_bytes: Counter,
+    proven_bytes: Counter,
 }
 
 fn l1(k: &'static str, v: &str) -> Label1 {
@@ -149,6 +178,53 @@ impl PacketFactory {
                 healthy: Gauge::default(),
                 raw_bytes: Family::default(),
             },
+            proof: ProofConfig::default(),
+            provers: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+            round: AtomicU64::new(0),
+            pm: ProofMetrics::default(),
+            decentralized: None,
+        }
+    }
+
+    /// Adds decentralized QRNG nodes: each packet (or a pull asking for `decentralized`) runs a
+    /// commit-reveal round with them.
+    pub fn with_decentralized(mut self, d: Decentralized) -> Self {
+        self.decentralized = Some(d);
+        self
+    }
+
+    pub fn proof_mode(&self) -> ProofMode {
+        self.proof.mode
+    }
+
+    pub fn decentralized(&self) -> Option<&Decentralized> {
+        self.decentralized.as_ref()
+    }
+
+    /// Sets the mixing-proof policy (the default is `off`).
+    pub fn with_proof(mut self, proof: ProofConfig) -> Self {
+        self.provers = std::sync::Arc::new(tokio::sync::Semaphore::new(proof.workers));
+        self.proof = proof;
+        self
+    }
+
+    /// A fresh round number, strictly above the last one and below 2^63: the clock in
+    /// microseconds, or the last round plus one when the clock has not moved on.
+    fn next_round(&self) -> u64 {
+        if let Some(d) = &self.decentralized {
+            return d.next_round();
+        }
+        let now = now_ms().saturating_mul(1000).min(stark::MAX_ROUND);
+        let mut last = self.round.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(last + 1).min(stark::MAX_ROUND);
+            match self
+                .round
+                .compare_exchange(last, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(seen) => last = seen,
+            }
         }
     }
 
@@ -179,6 +255,26 @@ impl PacketFactory {
             "Raw bytes each source contributed to packets",
             self.hm.raw_bytes.clone(),
         );
+        r.register(
+            "kirq_hub_proof_packets",
+            "Packets by mixing-proof outcome (proven, unproven, off)",
+            self.pm.packets.clone(),
+        );
+        r.register(
+            "kirq_hub_proof_seconds",
+            "Time spent making mixing proofs",
+            self.pm.seconds.clone(),
+        );
+        r.register(
+            "kirq_hub_proof_bytes",
+            "Bytes of mixing proofs made",
+            self.pm.proof_bytes.clone(),
+        );
+        r.register(
+            "kirq_hub_proven_entropy_bytes",
+            "Entropy bytes covered by a mixing proof",
+            self.pm.proven_bytes.clone(),
+        );
     }
 
     pub fn sources(&self) -> &[TrackedSource] {
@@ -201,6 +297,7 @@ impl PacketFactory {
     /// True when `name` is a configured source id or kind.
     pub fn knows(&self, name: &str) -> bool {
         self.sources.iter().any(|s| selects(s, name))
+            || (name == SourceKind::Decentralized.as_str() && self.decentralized.is_some())
     }
 
     /// Builds one signed hybrid packet of up to `n` entropy bytes addressed to `recipient`.
@@ -226,7 +323,9 @@ impl PacketFactory {
             Some(name) => self.sources.iter().filter(|s| selects(s, name)).collect(),
             None => self.sources.iter().collect(),
         };
-        if pool.is_empty() {
+        let want_nodes = self.decentralized.is_some()
+            && only.is_none_or(|o| o == SourceKind::Decentralized.as_str());
+        if pool.is_empty() && !want_nodes {
             return Err(BuildError::UnknownSource(
                 only.unwrap_or_default().to_owned(),
             ));
@@ -248,23 +347,77 @@ impl PacketFactory {
                 Err(_) => None,
             })
             .collect();
-        if ready.len() < need {
-            if !single || ready.is_empty() {
-                return Err(self.refuse(only, ready.len(), need));
+        let could = ready.len() + usize::from(want_nodes);
+        if could < need {
+            if !single || could == 0 {
+                return Err(self.refuse(only, could, need));
             }
             // Below the minimum with `single`: ask only the heaviest source.
             ready.sort_by_key(|(s, _)| std::cmp::Reverse(s.settings.weight));
             ready.truncate(1);
         }
-        let mut parts = self.fetch_shares(&ready, n, metrics).await;
-        if parts.len() < need {
-            if !single || parts.is_empty() {
-                return Err(self.refuse(only, parts.len(), need));
-            }
-            parts.sort_by_key(|(s, _)| std::cmp::Reverse(s.settings.weight));
-            parts.truncate(1);
+        let mut parts: Vec<Piece> = if ready.is_empty() {
+            Vec::new()
+        } else {
+            self.fetch_shares(&ready, n, metrics)
+                .await
+                .into_iter()
+                .map(|(s, bytes)| Piece::from_source(s, bytes))
+                .collect()
+        };
+        let round = self.next_round();
+        let provable = self.proof.mode != ProofMode::Off;
+        // The hub commits to its own contributions before any node reveals (the nodes see these
+        // commitments with the reveal request), so it cannot choose them after seeing the nodes'.
+        for p in &mut parts {
+            p.commitment = if provable {
+                stark::commit(round, &p.id, p.bytes.expose())
+                    .map_err(|e| BuildError::Prove(e.to_string()))?
+            } else {
+                commit_contribution(&p.id, p.bytes.expose())
+            };
         }
-        let mode = match (only, parts.len() >= need) {
+        let mut node_bits = 0.0;
+        if want_nodes && let Some(d) = &self.decentralized {
+            let hub_commitments: Vec<(String, stark::Commitment)> =
+                parts.iter().map(|p| (p.id.clone(), p.commitment)).collect();
+            match d.round(round, &hub_commitments).await {
+                Ok(outcome) => {
+                    for (node, why) in &outcome.excluded {
+                        tracing::warn!(round, node, reason = %why, "node left out of the round");
+                    }
+                    // Any one honest node makes the mix unpredictable: credit one node's bytes,
+                    // not the sum.
+                    node_bits = d.bytes_per_node() as f64 * 8.0;
+                    parts.extend(outcome.contributions.into_iter().map(Piece::from_node));
+                }
+                Err(e) => {
+                    tracing::warn!(round, error = %e, "no decentralized bytes this round");
+                }
+            }
+        }
+        let sources = |parts: &[Piece]| {
+            let hub = parts.iter().filter(|p| p.node_signature.is_empty()).count();
+            hub + usize::from(hub < parts.len())
+        };
+        if sources(&parts) < need {
+            if !single || parts.is_empty() {
+                return Err(self.refuse(only, sources(&parts), need));
+            }
+            // Below the minimum with `single`: the heaviest hub source, or else the nodes.
+            let heaviest = parts
+                .iter()
+                .filter_map(|p| p.weight)
+                .max()
+                .map(|w| parts.iter().position(|p| p.weight == Some(w)));
+            if let Some(Some(i)) = heaviest {
+                let keep = parts.swap_remove(i);
+                parts = vec![keep];
+                node_bits = 0.0;
+            }
+        }
+        let count = sources(&parts);
+        let mode = match (only, count >= need) {
             (Some(_), _) => "source",
             (None, true) => "hybrid",
             (None, false) => "single",
@@ -275,24 +428,99 @@ impl PacketFactory {
             } else {
                 Mode::Single
             };
-            self.set_mode(m, parts.len());
+            self.set_mode(m, count);
         }
-        let bits: f64 = parts
-            .iter()
-            .map(|(s, b)| b.len() as f64 * s.source.min_entropy_per_byte())
-            .sum();
-        let out_len = n.min((bits / 8.0).floor() as usize);
+        let bits: f64 = parts.iter().map(|p| p.bits()).sum::<f64>() + node_bits;
+        let mut out_len = n.min((bits / 8.0).floor() as usize);
         if out_len == 0 {
             return Err(BuildError::NoHealthySource);
         }
-        for (s, b) in &parts {
+        if provable {
+            // The provable mixer draws its output from the largest contribution, put last.
+            parts.sort_by_key(|p| p.bytes.len());
+            let largest = parts.last().map_or(0, |p| p.bytes.len());
+            out_len = out_len
+                .min(stark::max_output_len(largest))
+                .min(self.proof.max_output_bytes);
+            out_len -= out_len % stark::OUTPUT_BLOCK_BYTES;
+            if out_len == 0 {
+                return Err(BuildError::TooLittleForProof);
+            }
+        }
+        for p in &parts {
             self.hm
                 .raw_bytes
-                .get_or_create(&l1("source", s.source.id()))
-                .inc_by(b.len() as u64);
+                .get_or_create(&l1("source", &p.id))
+                .inc_by(p.bytes.len() as u64);
         }
         self.hm.packets.get_or_create(&l1("mode", mode)).inc();
-        Ok(self.sign(recipient, out_len, &parts, metrics))
+        if !provable {
+            self.pm.packets.get_or_create(&l1("proof", "off")).inc();
+            return Ok(self.sign(recipient, round, out_len, &parts, metrics));
+        }
+        self.sign_provable(recipient, round, out_len, parts, metrics)
+            .await
+    }
+
+    /// The provable mixer: Rescue-Prime commitments and mix, with a STARK when policy and the
+    /// prover workers allow. Proving runs on the blocking pool, never on the async workers.
+    async fn sign_provable(
+        &self,
+        recipient: &str,
+        round: u64,
+        out_len: usize,
+        parts: Vec<Piece>,
+        metrics: &HubMetrics,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, BuildError> {
+        let permit = match self.proof.mode {
+            ProofMode::Required => Some(
+                self.provers
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| BuildError::Prove("prover pool closed".into()))?,
+            ),
+            _ => self.provers.clone().try_acquire_owned().ok(),
+        };
+        let started = Instant::now();
+        let work = move || {
+            let view: Vec<stark::Part<'_>> = parts
+                .iter()
+                .map(|p| stark::Part {
+                    id: &p.id,
+                    bytes: &p.bytes,
+                })
+                .collect();
+            let result = match permit {
+                Some(_held) => stark::prove(round, &view, out_len)
+                    .map(|p| (p.output, p.proof))
+                    .map_err(|e| e.to_string()),
+                None => stark::mix(round, &view, out_len)
+                    .map(|out| (out, Vec::new()))
+                    .map_err(|e| e.to_string()),
+            };
+            drop(view);
+            result.map(|r| (r, parts))
+        };
+        let ((entropy, proof), parts) = tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|_| BuildError::Prove("prover worker panicked".into()))?
+            .map_err(BuildError::Prove)?;
+        let proven = !proof.is_empty();
+        if proven {
+            self.pm.seconds.inc_by(started.elapsed().as_secs_f64());
+            self.pm.proof_bytes.inc_by(proof.len() as u64);
+            self.pm.proven_bytes.inc_by(out_len as u64);
+        }
+        self.pm
+            .packets
+            .get_or_create(&l1("proof", if proven { "proven" } else { "unproven" }))
+            .inc();
+        let provenance = parts.iter().map(Piece::entry).collect();
+        let proof_alg = if proven { PROOF_STARK_RP64 } else { PROOF_NONE };
+        Ok(self.finish(
+            recipient, round, MIX_RP64, proof_alg, provenance, entropy, proof, metrics,
+        ))
     }
 
     fn refuse(&self, only: Option<&str>, have: usize, need: usize) -> BuildError {
@@ -431,48 +659,119 @@ impl PacketFactory {
     fn sign(
         &self,
         recipient: &str,
+        round: u64,
         out_len: usize,
-        parts: &[(&TrackedSource, SecretBytes)],
+        parts: &[Piece],
         metrics: &HubMetrics,
     ) -> zeroize::Zeroizing<Vec<u8>> {
         let contributions: Vec<Contribution<'_>> = parts
             .iter()
-            .map(|(s, b)| Contribution {
-                source_id: s.source.id(),
-                bytes: b,
+            .map(|p| Contribution {
+                source_id: &p.id,
+                bytes: &p.bytes,
             })
             .collect();
         let entropy = mix(&contributions, out_len);
-        let provenance = parts
-            .iter()
-            .map(|(s, b)| SourceEntry {
-                kind: s.source.kind(),
-                id: s.source.id().to_owned(),
-                byte_count: u32::try_from(b.len()).unwrap_or(MAX_CONTRIBUTION_BYTES),
-                commitment: commit_contribution(s.source.id(), b.expose()),
-                node_signature: Vec::new(),
-            })
-            .collect();
+        let provenance = parts.iter().map(Piece::entry).collect();
+        self.finish(
+            recipient,
+            round,
+            MIX_SHAKE256,
+            PROOF_NONE,
+            provenance,
+            entropy,
+            Vec::new(),
+            metrics,
+        )
+    }
+
+    /// Addresses, numbers and signs a packet.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        recipient: &str,
+        round: u64,
+        mix_alg: u8,
+        proof_alg: u8,
+        provenance: Vec<SourceEntry>,
+        entropy: SecretBytes,
+        proof: Vec<u8>,
+        metrics: &HubMetrics,
+    ) -> zeroize::Zeroizing<Vec<u8>> {
         let mut nonce = [0u8; 16];
         getrandom::fill(&mut nonce).expect("the OS RNG is available");
         let issued_at_ms = now_ms();
         let packet = Packet {
             key_id: self.key.verifying_key().id(),
-            mix_alg: crate::wire::MIX_SHAKE256,
-            proof_alg: crate::wire::PROOF_NONE,
+            mix_alg,
+            proof_alg,
             recipient: recipient.to_owned(),
             sequence: self.sequence.fetch_add(1, Ordering::Relaxed),
             nonce,
             issued_at_ms,
             expires_at_ms: issued_at_ms + self.lifetime_ms,
-            round: 0,
+            round,
             provenance,
             entropy,
-            proof: Vec::new(),
+            proof,
             signature: Vec::new(),
         };
         metrics.packets_built.inc();
         packet.encode_signed(&self.key)
+    }
+}
+
+/// One contribution to a packet: from one of the hub's sources, or from a decentralized node
+/// (with the node's own signed commitment).
+struct Piece {
+    kind: SourceKind,
+    id: String,
+    bytes: SecretBytes,
+    commitment: [u8; 32],
+    node_signature: Vec<u8>,
+    /// The hub source's weight and declared min-entropy; `None` for a node.
+    weight: Option<u32>,
+    min_entropy: f64,
+}
+
+impl Piece {
+    fn from_source(s: &TrackedSource, bytes: SecretBytes) -> Self {
+        Self {
+            kind: s.source.kind(),
+            id: s.source.id().to_owned(),
+            bytes,
+            commitment: [0; 32],
+            node_signature: Vec::new(),
+            weight: Some(s.settings.weight),
+            min_entropy: s.source.min_entropy_per_byte(),
+        }
+    }
+
+    fn from_node(c: NodeContribution) -> Self {
+        Self {
+            kind: SourceKind::Decentralized,
+            id: c.node_id,
+            bytes: c.bytes,
+            commitment: c.commitment,
+            node_signature: c.signature,
+            weight: None,
+            min_entropy: 0.0,
+        }
+    }
+
+    /// Credited bits: a hub source's declared min-entropy; nodes are credited per round.
+    fn bits(&self) -> f64 {
+        self.bytes.len() as f64 * self.min_entropy
+    }
+
+    fn entry(&self) -> SourceEntry {
+        SourceEntry {
+            kind: self.kind,
+            id: self.id.clone(),
+            byte_count: u32::try_from(self.bytes.len()).unwrap_or(MAX_CONTRIBUTION_BYTES),
+            commitment: self.commitment,
+            node_signature: self.node_signature.clone(),
+        }
     }
 }
 

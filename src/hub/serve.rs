@@ -108,16 +108,24 @@ pub async fn start(cfg: HubConfig, key: SigningKey) -> anyhow::Result<RunningHub
             .map_err(|e| anyhow::anyhow!("source {:?} ({}): {e}", c.id(), c.source.name()))?;
         sources.push(s);
     }
-    let factory = PacketFactory::new(
+    let mut factory = PacketFactory::new(
         key,
         sources,
         cfg.health.alpha_exponent,
         Duration::from_secs(cfg.health.quarantine_secs),
         cfg.packet_lifetime_ms,
         cfg.hybrid.clone(),
-    );
+    )
+    .with_proof(cfg.proof.clone());
+    if let Some(d) = crate::sources::decentralized::Decentralized::from_hub_config(&cfg)? {
+        tracing::info!(decentralized = ?d, "asking decentralized nodes each round");
+        factory = factory.with_decentralized(d);
+    }
     let mut metrics = HubMetrics::new();
     factory.register_metrics(&mut metrics.registry);
+    if let Some(d) = factory.decentralized() {
+        d.register_metrics(&mut metrics.registry);
+    }
     let metrics = Arc::new(metrics);
     tracing::info!(
         hub = %cfg.id,
@@ -369,5 +377,10 @@ async fn hub_health(State(state): State<Arc<HubState>>) -> Json<serde_json::Valu
             "healthy_sources": healthy,
         },
         "sources": sources,
+        "proof": f.proof_mode(),
+        "decentralized": f.decentralized().map(|d| serde_json::json!({
+            "quorum": d.quorum(),
+            "nodes": d.report(),
+        })),
     }))
 }
