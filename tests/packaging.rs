@@ -343,7 +343,13 @@ fn deb_builds_lists_installs_upgrades_and_removes() {
     assert_eq!(mode(&key_path), 0o600);
     assert!(key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()));
     assert_eq!(mode(&r.join("var/lib/kirq")), 0o700);
-    assert_eq!(mode(&r.join("etc/kirq/pki")), 0o700);
+    // Group kirq: the hub and the node read their certificates there (keys stay 0600 root).
+    assert_eq!(mode(&r.join("etc/kirq/pki")), 0o750);
+    let kirq_gid = id_of(&r.join("etc/group"), "kirq").expect("group kirq created");
+    assert_eq!(
+        std::fs::metadata(r.join("etc/kirq/pki")).unwrap().gid(),
+        kirq_gid
+    );
     assert_eq!(
         std::fs::metadata(r.join("var/lib/kirq-hub")).unwrap().uid(),
         uid
