@@ -6,7 +6,10 @@
 //! temporary root. A missing tool fails the test with the command that installs it.
 //!
 //! The .deb here packs the test build's binaries (stripped): it checks the packaging, not the
-//! optimiser, and saves a second full build. Release packages come from `scripts/build-deb.sh`.
+//! optimiser, and saves a second full build (`common::deb`, shared with tests/systemd_live.rs,
+//! which installs it under a booted systemd). Release packages come from `scripts/build-deb.sh`.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -14,8 +17,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const KIRQD: &str = env!("CARGO_BIN_EXE_kirqd");
-const HUB: &str = env!("CARGO_BIN_EXE_kirq-hub");
+use common::deb::{HUB, KIRQD, write_man_pages};
 
 /// Each unit and the highest exposure score it may have.
 const UNITS: [(&str, f64); 3] = [
@@ -52,17 +54,6 @@ fn check(cmd: &mut Command, install_hint: &str) -> String {
 }
 
 const SYSTEMD_HINT: &str = "apt-get install systemd";
-
-/// Man pages from the clap definitions, as `kirqd man` / `kirq-hub man` write them.
-fn write_man_pages(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    for bin in [KIRQD, HUB] {
-        check(
-            Command::new(bin).arg("man").arg("--out").arg(dir),
-            "cargo build",
-        );
-    }
-}
 
 #[test]
 fn units_pass_systemd_analyze_verify() {
@@ -218,13 +209,6 @@ fn example_configs_pass_check_config() {
     }
 }
 
-fn strip(from: &str, to: &Path) {
-    check(
-        Command::new("strip").arg("-o").arg(to).arg(from),
-        "apt-get install binutils",
-    );
-}
-
 /// `dpkg-deb -c`: path (without the leading `.`) → (mode string, owner/group).
 fn contents(deb: &Path) -> BTreeMap<String, (String, String)> {
     let out = check(
@@ -280,24 +264,7 @@ fn mode(p: &Path) -> u32 {
 #[test]
 fn deb_builds_lists_installs_upgrades_and_removes() {
     let tmp = tempfile::tempdir().unwrap();
-    // cargo-deb takes `target/release/*` from CARGO_TARGET_DIR: a staging directory with the
-    // stripped test binaries, so this test never waits on the build lock cargo test holds.
-    let stage = tmp.path().join("stage");
-    std::fs::create_dir_all(stage.join("release")).unwrap();
-    strip(KIRQD, &stage.join("release/kirqd"));
-    strip(HUB, &stage.join("release/kirq-hub"));
-    write_man_pages(&root().join("target/man"));
-    let deb = tmp.path().join("kirq.deb");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = check(
-        Command::new(cargo)
-            .args(["deb", "--no-build", "--no-strip", "--fast", "-o"])
-            .arg(&deb)
-            .current_dir(root())
-            .env("CARGO_TARGET_DIR", &stage),
-        "cargo install cargo-deb --locked (scripts/test.sh does)",
-    );
-    println!("cargo deb: {out}");
+    let deb = common::deb::build(tmp.path());
 
     let files = contents(&deb);
     let expect = [
@@ -376,7 +343,13 @@ fn deb_builds_lists_installs_upgrades_and_removes() {
     assert_eq!(mode(&key_path), 0o600);
     assert!(key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()));
     assert_eq!(mode(&r.join("var/lib/kirq")), 0o700);
-    assert_eq!(mode(&r.join("etc/kirq/pki")), 0o700);
+    // Group kirq: the hub and the node read their certificates there (keys stay 0600 root).
+    assert_eq!(mode(&r.join("etc/kirq/pki")), 0o750);
+    let kirq_gid = id_of(&r.join("etc/group"), "kirq").expect("group kirq created");
+    assert_eq!(
+        std::fs::metadata(r.join("etc/kirq/pki")).unwrap().gid(),
+        kirq_gid
+    );
     assert_eq!(
         std::fs::metadata(r.join("var/lib/kirq-hub")).unwrap().uid(),
         uid

@@ -2,6 +2,7 @@
 //! kirqd / kirq-hub processes on loopback.
 #![allow(dead_code)]
 
+pub mod deb;
 pub mod vm;
 
 use std::io::Read;
