@@ -20,12 +20,15 @@ pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// Logs to stderr with `filter` unless RUST_LOG is set.
+/// Logs to stderr with `filter` unless RUST_LOG is set; colours only on a terminal, so the
+/// journal and log files get plain text.
 pub fn init_logging(filter: &str) {
+    use std::io::IsTerminal;
     let env = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
     tracing_subscriber::fmt()
         .with_env_filter(env)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
