@@ -206,7 +206,11 @@ fn example_configs_pass_check_config() {
             "cargo build",
         );
         println!("{file}: {out}");
-    }
+    } // The node's example: its peers' keys exist only on a real fleet, so parse and validate.
+    let node = std::fs::read_to_string(root().join("packaging/etc/kirq/kirq-node.toml")).unwrap();
+    assert!(node.contains("/run/credentials/kirq-node.service"));
+    let cfg: kirq::config::NodeConfig = toml::from_str(&node).unwrap();
+    cfg.validate().unwrap();
 }
 
 /// `dpkg-deb -c`: path (without the leading `.`) → (mode string, owner/group).
@@ -278,6 +282,7 @@ fn deb_builds_lists_installs_upgrades_and_removes() {
         ("/usr/lib/udev/rules.d/60-kirq-rng.rules", "-rw-r--r--"),
         ("/etc/kirq/kirqd.toml", "-rw-r--r--"),
         ("/etc/kirq/kirq-hub.toml", "-rw-r--r--"),
+        ("/etc/kirq/kirq-node.toml", "-rw-r--r--"),
         ("/usr/share/selinux/kirq/kirq.te", "-rw-r--r--"),
         ("/usr/share/selinux/kirq/kirq.if", "-rw-r--r--"),
         ("/usr/share/selinux/kirq/kirq.fc", "-rw-r--r--"),
@@ -313,7 +318,11 @@ fn deb_builds_lists_installs_upgrades_and_removes() {
             .arg("conffiles"),
         "apt-get install dpkg",
     );
-    for c in ["/etc/kirq/kirqd.toml", "/etc/kirq/kirq-hub.toml"] {
+    for c in [
+        "/etc/kirq/kirqd.toml",
+        "/etc/kirq/kirq-hub.toml",
+        "/etc/kirq/kirq-node.toml",
+    ] {
         assert!(conffiles.lines().any(|l| l == c), "{c} not a conffile");
     }
     println!("dpkg-deb -c: {} entries, modes as expected", files.len());
