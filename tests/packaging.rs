@@ -206,7 +206,8 @@ fn example_configs_pass_check_config() {
             "cargo build",
         );
         println!("{file}: {out}");
-    } // The node's example: its peers' keys exist only on a real fleet, so parse and validate.
+    }
+    // The node's example: its peers' keys exist only on a real fleet, so parse and validate.
     let node = std::fs::read_to_string(root().join("packaging/etc/kirq/kirq-node.toml")).unwrap();
     assert!(node.contains("/run/credentials/kirq-node.service"));
     let cfg: kirq::config::NodeConfig = toml::from_str(&node).unwrap();
