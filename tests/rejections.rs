@@ -29,50 +29,12 @@ impl Daemon {
     }
 
     fn pool(&self) -> (u64, u64) {
-        let h = get_json(&self.f.http("/api/rng/health"));
-        (
-            h["pool"]["total_bytes"].as_u64().unwrap(),
-            h["pool"]["admitted_bytes_total"].as_u64().unwrap(),
-        )
-    }
-
-    fn rejected(&self, reason: &str) -> u64 {
-        get_json(&self.f.http("/api/rng/stats"))["packets_rejected"][reason]
-            .as_u64()
-            .unwrap()
-    }
-
-    fn metric(&self, reason: &str) -> String {
-        let m = reqwest::blocking::get(self.f.http("/metrics"))
-            .unwrap()
-            .text()
-            .unwrap();
-        let prefix = format!("kirq_packets_rejected_total{{reason=\"{reason}\"}} ");
-        m.lines()
-            .find_map(|l| l.strip_prefix(prefix.as_str()))
-            .unwrap_or_else(|| panic!("no metric for {reason}"))
-            .to_owned()
+        self.f.pool()
     }
 
     /// Sends `body`, expects rejection with `reason` and `status`, and no change to the pool.
     fn expect_reject(&self, body: Vec<u8>, status: u16, reason: &str) {
-        let before = self.pool();
-        let count = self.rejected(reason);
-        let (s, resp) = self.send(body);
-        assert_eq!(s, status, "{reason}: {resp}");
-        assert_eq!(resp["reason"], reason, "{resp}");
-        assert!(resp["error"].as_str().is_some_and(|e| !e.is_empty()));
-        assert_eq!(
-            self.rejected(reason),
-            count + 1,
-            "{reason} counted once in stats"
-        );
-        assert_eq!(
-            self.metric(reason),
-            (count + 1).to_string(),
-            "{reason} counted in metrics"
-        );
-        assert_eq!(self.pool(), before, "{reason}: pool must not change");
+        self.f.expect_reject(reason, body, status, reason);
     }
 }
 

@@ -161,6 +161,54 @@ type = "local"
     pub fn packet(&self, n: usize) -> Packet {
         packet_for(&self.key, DAEMON_ID, n)
     }
+
+    /// The daemon's pool: (bytes held, bytes ever admitted).
+    pub fn pool(&self) -> (u64, u64) {
+        let h = get_json(&self.http("/api/rng/health"));
+        (
+            h["pool"]["total_bytes"].as_u64().unwrap(),
+            h["pool"]["admitted_bytes_total"].as_u64().unwrap(),
+        )
+    }
+
+    /// Packets refused for `reason`, as `/api/rng/stats` counts them.
+    pub fn rejected(&self, reason: &str) -> u64 {
+        get_json(&self.http("/api/rng/stats"))["packets_rejected"][reason]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// Packets refused for `reason`, as `/metrics` counts them.
+    pub fn rejected_metric(&self, reason: &str) -> u64 {
+        let m = reqwest::blocking::get(self.http("/metrics"))
+            .unwrap()
+            .text()
+            .unwrap();
+        let prefix = format!("kirq_packets_rejected_total{{reason=\"{reason}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no metric for {reason}"))
+            .parse()
+            .unwrap()
+    }
+
+    /// Pushes `body`; expects it refused with `status` and `reason`, counted once in stats and
+    /// metrics, and the pool unchanged.
+    pub fn expect_reject(&self, what: &str, body: Vec<u8>, status: u16, reason: &str) {
+        let before = self.pool();
+        let count = self.rejected(reason);
+        let (s, resp) = self.push_raw(body);
+        assert_eq!(s, status, "{what}: {resp}");
+        assert_eq!(resp["reason"], reason, "{what}: {resp}");
+        assert!(resp["error"].as_str().is_some_and(|e| !e.is_empty()));
+        assert_eq!(self.rejected(reason), count + 1, "{what}: counted in stats");
+        assert_eq!(
+            self.rejected_metric(reason),
+            count + 1,
+            "{what}: counted in metrics"
+        );
+        assert_eq!(self.pool(), before, "{what}: the pool must not change");
+    }
 }
 
 pub fn packet_for(key: &SigningKey, recipient: &str, n: usize) -> Packet {
