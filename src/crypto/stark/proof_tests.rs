@@ -466,3 +466,43 @@ fn fixed_options_give_127_bits_conjectured() {
     assert!(conjectured >= 127, "{conjectured}");
     assert!(proven > 0 && proven <= conjectured, "{proven}");
 }
+
+#[test]
+fn fast_matrix_products_match_field_arithmetic() {
+    use winterfell::crypto::hashers::Rp64_256;
+    use winterfell::math::fields::QuadExtension;
+    type Q = QuadExtension<BaseElement>;
+    fn slow<E: FieldElement<BaseField = BaseElement>>(
+        m: &[[BaseElement; STATE_WIDTH]; STATE_WIDTH],
+        x: &[E; STATE_WIDTH],
+    ) -> Vec<E> {
+        m.iter()
+            .map(|row| {
+                row.iter()
+                    .zip(x)
+                    .fold(E::ZERO, |s, (&a, &b)| s + b.mul_base(a))
+            })
+            .collect()
+    }
+    let mut rng = Rng(11);
+    for _ in 0..50 {
+        // Include the extremes of the representation.
+        let mut pick = || match rng.below(4) {
+            0 => -BaseElement::ONE,
+            1 => BaseElement::ZERO,
+            _ => BaseElement::new(rng.next()),
+        };
+        let x: [BaseElement; STATE_WIDTH] = core::array::from_fn(|_| pick());
+        let q: [Q; STATE_WIDTH] = core::array::from_fn(|_| Q::new(pick(), pick()));
+        for (inverse, m) in [(false, &Rp64_256::MDS), (true, &Rp64_256::INV_MDS)] {
+            assert_eq!(
+                super::air::mat_mul_for_tests(inverse, &x).to_vec(),
+                slow(m, &x)
+            );
+            assert_eq!(
+                super::air::mat_mul_for_tests(inverse, &q).to_vec(),
+                slow(m, &q)
+            );
+        }
+    }
+}
