@@ -335,6 +335,13 @@ impl PacketFactory {
         } else {
             self.hybrid.min_sources
         };
+        // A proof covers at most max_output_bytes: ask the sources for no more, or the prover
+        // would absorb bytes that never reach the output.
+        let n = if self.proof.mode == ProofMode::Off {
+            n
+        } else {
+            n.min(self.proof.max_output_bytes)
+        };
         let single = self.hybrid.below_min == BelowMin::Single;
         let now = Instant::now();
         // Sources only pacing for their rate limit are asked, after a wait within their timeout.
