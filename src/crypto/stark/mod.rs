@@ -218,7 +218,7 @@ pub struct Part<'a> {
 
 /// The most output bytes a mix of `last_len` bytes in the last contribution can give.
 pub fn max_output_len(last_len: usize) -> usize {
-    blocks_for(last_len) * OUTPUT_BLOCK_BYTES
+    blocks_for(last_len).saturating_mul(OUTPUT_BLOCK_BYTES)
 }
 
 /// Checks a mix's shape; shared by [`mix`], the prover and the verifier.
