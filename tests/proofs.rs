@@ -167,3 +167,79 @@ fn proven_packets_are_admitted_and_tampering_is_refused() {
     assert_eq!(status, 200, "{resp}");
     assert_eq!(s.pool(), (2 * OUT as u64, 2 * OUT as u64));
 }
+
+/// Two packets built at once with one prover worker: under `when_idle` one is proven and the
+/// other goes out unproven (the provable mixer, no proof) instead of waiting; under `required`
+/// both wait for their proof. Proven packets pass a verifier that requires proofs; unproven ones
+/// are refused by it as `proof_required`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proof_modes_decide_whether_a_packet_waits() {
+    use kirq::config::{ProofConfig, ProofMode, SourceConfig};
+    use kirq::verify::{Policy, Verifier};
+
+    for (mode, want_unproven) in [(ProofMode::WhenIdle, 1), (ProofMode::Required, 0)] {
+        let factory = kirq::hub::PacketFactory::new(
+            SigningKey::generate(),
+            vec![kirq::hub::make_source(&SourceConfig::local("local-1")).unwrap()],
+            30,
+            std::time::Duration::from_secs(60),
+            60_000,
+            Default::default(),
+        )
+        .with_proof(ProofConfig {
+            mode,
+            workers: 1,
+            max_output_bytes: OUT,
+        });
+        let metrics = kirq::metrics::HubMetrics::new();
+        let verifier = Verifier::new(
+            Policy {
+                recipient: DAEMON_ID.into(),
+                max_skew_ms: 5_000,
+                require_proof: true,
+                min_node_quorum: 0,
+                replay_capacity: 1024,
+                alpha_exp: 30,
+            },
+            vec![factory.key().verifying_key().clone()],
+        );
+        // Whether the second build finds the worker busy depends on scheduling: under
+        // `when_idle` a busy worker must show within a few tries; under `required` never.
+        let tries = if mode == ProofMode::WhenIdle { 5 } else { 2 };
+        let mut unproven = 0;
+        for _ in 0..tries {
+            // Asking for more than one proof covers gives one proof's worth.
+            let (a, b) = tokio::join!(
+                factory.build(DAEMON_ID, 4 * OUT, &metrics),
+                factory.build(DAEMON_ID, 4 * OUT, &metrics)
+            );
+            unproven += check_pair(&verifier, [a.unwrap().to_vec(), b.unwrap().to_vec()]);
+            if unproven > 0 {
+                break;
+            }
+        }
+        assert_eq!(unproven, want_unproven, "{mode:?}");
+    }
+}
+
+/// Checks two packets built at once; returns how many went out without a proof (at most one:
+/// the other build held the only worker).
+fn check_pair(verifier: &kirq::verify::Verifier, packets: [Vec<u8>; 2]) -> usize {
+    let mut unproven = 0;
+    for bytes in packets {
+        let p = Packet::decode(&bytes).unwrap().packet;
+        assert_eq!(p.mix_alg, MIX_RP64);
+        assert_eq!(p.entropy.len(), OUT, "cut to one proof");
+        assert_eq!(p.provenance[0].byte_count as usize, OUT);
+        let verdict = verifier.verify(&bytes, kirq::util::now_ms());
+        if p.proof_alg == PROOF_STARK_RP64 {
+            assert!(verdict.is_ok(), "{:?}", verdict.err());
+        } else {
+            assert!(p.proof.is_empty());
+            assert_eq!(verdict.unwrap_err().reason(), "proof_required");
+            unproven += 1;
+        }
+    }
+    assert!(unproven <= 1, "one of the two held the worker");
+    unproven
+}
