@@ -68,6 +68,22 @@ fn validation_names_the_key() {
             "hub_keys = []",
             "trust.hub_keys",
         ),
+        (
+            "hub_keys = [\"hub.pub\"]",
+            "hub_keys = [\"hub.pub\"]\nmin_node_quorum = 1",
+            "trust.min_node_quorum",
+        ),
+        (
+            "[receive]",
+            "[[trust.nodes]]\nid = \"n 1\"\npublic_key = \"n.pub\"\n[receive]",
+            "trust.nodes.id",
+        ),
+        (
+            "[receive]",
+            "[[trust.nodes]]\nid = \"n1\"\npublic_key = \"n.pub\"\n\
+             [[trust.nodes]]\nid = \"n1\"\npublic_key = \"m.pub\"\n[receive]",
+            "trust.nodes.id",
+        ),
     ];
     for (from, to, key) in cases {
         let text = DAEMON.replace(from, to);
@@ -114,4 +130,29 @@ type = "local"
             ..
         })
     ));
+    // Proofs: off by default; sizes are whole 56-byte blocks within the bound.
+    assert_eq!(c.proof.mode, ProofMode::Off);
+    assert_eq!(c.proof.max_output_bytes % 56, 0);
+    for (proof, key) in [
+        ("mode = \"required\"\nworkers = 0", "proof.workers"),
+        ("max_output_bytes = 1000", "proof.max_output_bytes"),
+        ("max_output_bytes = 0", "proof.max_output_bytes"),
+        ("max_output_bytes = 262192", "proof.max_output_bytes"),
+    ] {
+        let t = format!("{text}\n[proof]\n{proof}\n");
+        match HubConfig::load(&write(dir.path(), &t)) {
+            Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{proof}"),
+            other => panic!("{proof}: expected Invalid({key}), got {other:?}"),
+        }
+    }
+    let t = format!("{text}\n[proof]\nmode = \"always\"\n");
+    assert!(matches!(
+        HubConfig::load(&write(dir.path(), &t)),
+        Err(ConfigError::Parse { .. })
+    ));
+    let t = format!("{text}\n[proof]\nmode = \"when_idle\"\nmax_output_bytes = 262136\n");
+    assert_eq!(
+        HubConfig::load(&write(dir.path(), &t)).unwrap().proof.mode,
+        ProofMode::WhenIdle
+    );
 }
