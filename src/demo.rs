@@ -26,12 +26,19 @@ const DAEMON_ID: &str = "demo-kirqd";
 ///
 /// Picked at random below Linux's ephemeral range (32768-60999): a port the kernel handed out and
 /// took back could be given to an outgoing connection before our listener binds it.
+///
+/// A port is handed out once per process: threads that each pick ports and only later start the
+/// listeners (tests running in parallel) cannot pick the same one.
 pub fn free_port() -> std::io::Result<u16> {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     for _ in 0..200 {
         let mut b = [0u8; 2];
         getrandom::fill(&mut b).map_err(|e| std::io::Error::other(e.to_string()))?;
         let port = 20_000 + u16::from_le_bytes(b) % 12_000;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed.insert(port);
             return Ok(port);
         }
     }

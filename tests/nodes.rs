@@ -591,17 +591,13 @@ fn metric_value(text: &str, line_prefix: &str) -> u64 {
         .map_or(0, |v| v.trim().parse().unwrap())
 }
 
-/// The whole path: five node processes (one withholds its reveal, one signs with a key nobody
-/// trusts), a `kirq-hub run` process with proofs required, and kirqd requiring a proof and three
-/// trusted nodes per packet. Packets reach the pool, every one verified, none refused; the hub
-/// reports each exclusion by reason.
-#[test]
-fn proven_packets_from_five_nodes_reach_kirqd() {
+/// The whole path: five node processes with `roles`, a `kirq-hub run` process with proofs
+/// required, and kirqd requiring a proof and three trusted nodes per packet. Waits for five
+/// packets in the pool and checks that none was refused and none went out unproven; returns the
+/// hub's metrics and /health for the caller's checks on exclusions.
+fn proven_delivery(roles: [Role; N]) -> (String, Value) {
     let f = Fleet::new();
-    let nodes = Nodes::start_for(
-        [Honest, Honest, Honest, Withhold, RogueKey],
-        Some(&f.path("hub-ca.pem")),
-    );
+    let nodes = Nodes::start_for(roles, Some(&f.path("hub-ca.pem")));
     let hub_metrics_port = free_port();
     let mut hub_text = format!(
         r#"id = "{HUB_ID}"
@@ -693,6 +689,16 @@ bench_secs = 600
         ),
         0
     );
+    let health = get_json(&format!("http://127.0.0.1:{hub_metrics_port}/health"));
+    assert_eq!(health["proof"], "required", "{health}");
+    (hub_metrics, health)
+}
+
+/// One node withholds its reveal, one signs with a key nobody trusts: both are excluded with
+/// their reasons, every round completes with the other three, and kirqd admits the proven packets.
+#[test]
+fn proven_packets_from_five_nodes_reach_kirqd() {
+    let (hub_metrics, health) = proven_delivery([Honest, Honest, Honest, Withhold, RogueKey]);
     // node-4 withheld once and was benched; node-5's signatures never verify.
     let withheld = "kirq_hub_node_exclusions_total{node=\"node-4\",reason=\"withheld\"} ";
     assert_eq!(metric_value(&hub_metrics, withheld), 1, "{hub_metrics}");
@@ -704,9 +710,26 @@ bench_secs = 600
         let line = format!("kirq_hub_node_contributions_total{{node=\"node-{honest}\"}} ");
         assert!(metric_value(&hub_metrics, &line) >= 5, "{hub_metrics}");
     }
-    let health = get_json(&format!("http://127.0.0.1:{hub_metrics_port}/health"));
-    assert_eq!(health["proof"], "required", "{health}");
     let node4 = &health["decentralized"]["nodes"][3];
     assert_eq!(node4["id"], "node-4");
     assert_eq!(node4["benched"], true, "{health}");
+}
+
+/// One node reveals other bytes than it committed to: excluded as `mismatch` (then benched), and
+/// the rounds complete with the four others into kirqd.
+#[test]
+fn a_node_revealing_other_bytes_is_excluded_and_delivery_goes_on() {
+    let (hub_metrics, health) = proven_delivery([Honest, Honest, Honest, WrongReveal, Honest]);
+    let mismatch = "kirq_hub_node_exclusions_total{node=\"node-4\",reason=\"mismatch\"} ";
+    assert_eq!(metric_value(&hub_metrics, mismatch), 1, "{hub_metrics}");
+    for honest in [1, 2, 3, 5] {
+        let line = format!("kirq_hub_node_contributions_total{{node=\"node-{honest}\"}} ");
+        assert!(metric_value(&hub_metrics, &line) >= 5, "{hub_metrics}");
+    }
+    let line = "kirq_hub_node_contributions_total{node=\"node-4\"} ";
+    assert_eq!(metric_value(&hub_metrics, line), 0, "{hub_metrics}");
+    assert_eq!(
+        health["decentralized"]["nodes"][3]["benched"], true,
+        "{health}"
+    );
 }
