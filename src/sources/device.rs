@@ -156,14 +156,8 @@ impl Source for DeviceSource {
     }
     fn fetch(&self, n: usize) -> FetchFuture<'_> {
         let inner = self.inner.clone();
-        let timeout = self.timeout;
-        super::fetch_blocking(n, "device", move |buf| {
-            inner
-                .fill(buf, Instant::now() + timeout)
-                .map_err(|e| match e {
-                    SourceError::Timeout(_) => SourceError::Timeout(timeout),
-                    e => e,
-                })
+        super::fetch_blocking_within(n, "device", self.timeout, move |buf, deadline| {
+            inner.fill(buf, deadline)
         })
     }
 }

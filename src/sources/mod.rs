@@ -86,6 +86,22 @@ pub(crate) fn fetch_blocking(
     })
 }
 
+/// [`fetch_blocking`] for adapters that poll a device until a deadline `timeout` from now; a
+/// timeout inside `fill` is reported as the configured `timeout`.
+pub(crate) fn fetch_blocking_within(
+    n: usize,
+    what: &'static str,
+    timeout: Duration,
+    fill: impl FnOnce(&mut [u8], std::time::Instant) -> Result<(), SourceError> + Send + 'static,
+) -> FetchFuture<'static> {
+    fetch_blocking(n, what, move |buf| {
+        fill(buf, std::time::Instant::now() + timeout).map_err(|e| match e {
+            SourceError::Timeout(_) => SourceError::Timeout(timeout),
+            e => e,
+        })
+    })
+}
+
 /// A source of raw entropy.
 pub trait Source: Send + Sync + std::fmt::Debug {
     /// Stable id used in packet provenance (`[A-Za-z0-9._-]`, at most 64 characters).

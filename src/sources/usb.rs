@@ -196,14 +196,8 @@ impl Source for UsbSource {
     }
     fn fetch(&self, n: usize) -> FetchFuture<'_> {
         let inner = self.inner.clone();
-        let timeout = self.timeout;
-        super::fetch_blocking(n, "USB", move |buf| {
-            inner
-                .fill(buf, Instant::now() + timeout)
-                .map_err(|e| match e {
-                    SourceError::Timeout(_) => SourceError::Timeout(timeout),
-                    e => e,
-                })
+        super::fetch_blocking_within(n, "USB", self.timeout, move |buf, deadline| {
+            inner.fill(buf, deadline)
         })
     }
 }
