@@ -214,18 +214,7 @@ impl PacketFactory {
         if let Some(d) = &self.decentralized {
             return d.next_round();
         }
-        let now = now_ms().saturating_mul(1000).min(stark::MAX_ROUND);
-        let mut last = self.round.load(Ordering::Relaxed);
-        loop {
-            let next = now.max(last + 1).min(stark::MAX_ROUND);
-            match self
-                .round
-                .compare_exchange(last, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return next,
-                Err(seen) => last = seen,
-            }
-        }
+        stark::fresh_round(&self.round)
     }
 
     /// Adds the hybrid policy's metrics to the hub's registry.

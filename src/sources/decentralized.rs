@@ -29,7 +29,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -372,17 +372,7 @@ impl Decentralized {
     /// A fresh round number: above every one issued before, and at least the wall clock in
     /// microseconds, so a restarted hub does not reuse the numbers of its previous run.
     pub fn next_round(&self) -> u64 {
-        let now_us = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_micros()).unwrap_or(MAX_ROUND))
-            .unwrap_or(0);
-        let prev = self
-            .last_issued
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
-                Some(last.saturating_add(1).max(now_us).min(MAX_ROUND))
-            })
-            .unwrap_or(0);
-        prev.saturating_add(1).max(now_us).min(MAX_ROUND)
+        stark::fresh_round(&self.last_issued)
     }
 
     /// Each node's offender state.

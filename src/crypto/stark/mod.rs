@@ -64,6 +64,19 @@ pub const TAG_MIX: u64 = 0x6b69_7271_6d69_7801; // "kirqmix" ‖ 1
 /// Rounds are field elements: a round number must be below 2^63.
 pub const MAX_ROUND: u64 = (1 << 63) - 1;
 
+/// A fresh round number after `last` (which it updates): above every number issued before and at
+/// least the wall clock in microseconds, so a restarted hub does not reuse its previous run's
+/// numbers; never above [`MAX_ROUND`].
+pub fn fresh_round(last: &std::sync::atomic::AtomicU64) -> u64 {
+    use std::sync::atomic::Ordering;
+    let now_us = crate::util::now_ms().saturating_mul(1000).min(MAX_ROUND);
+    let next = |prev: u64| prev.saturating_add(1).max(now_us).min(MAX_ROUND);
+    let prev = last
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| Some(next(p)))
+        .unwrap_or_else(|p| p);
+    next(prev)
+}
+
 /// A 32-byte commitment (four field elements in canonical form, little-endian).
 pub type Commitment = [u8; 32];
 
@@ -299,6 +312,20 @@ mod tests {
             commit(MAX_ROUND + 1, "a", b"x"),
             Err(MixError::RoundOutOfRange(1 << 63))
         );
+    }
+
+    #[test]
+    fn rounds_increase_from_the_clock_and_stop_at_the_bound() {
+        let last = std::sync::atomic::AtomicU64::new(0);
+        let a = fresh_round(&last);
+        let b = fresh_round(&last);
+        assert!(
+            a >= (crate::util::now_ms() - 1000) * 1000,
+            "clock in microseconds"
+        );
+        assert!(b > a);
+        last.store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(fresh_round(&last), MAX_ROUND);
     }
 
     #[test]
