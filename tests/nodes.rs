@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{DAEMON_ID, Fleet, HUB_ID, Proc, free_port, get_json, wait_for};
+use common::{Fleet, Proc, free_port, get_json, wait_for};
 use kirq::config::DecentralizedConfig;
 use kirq::crypto::falcon::{SigningKey, VerifyingKey};
 use kirq::crypto::{node_signing_digest, stark};
@@ -599,22 +599,8 @@ fn proven_delivery(roles: [Role; N]) -> (String, Value) {
     let f = Fleet::new();
     let nodes = Nodes::start_for(roles, Some(&f.path("hub-ca.pem")));
     let hub_metrics_port = free_port();
-    let mut hub_text = format!(
-        r#"id = "{HUB_ID}"
-signing_key = "hub-signing.key"
-listen = "127.0.0.1:{hub_port}"
-metrics_listen = "127.0.0.1:{hub_metrics_port}"
-push_interval_ms = 200
-[tls]
-cert = "{HUB_ID}.crt"
-key = "{HUB_ID}.key"
-daemon_ca = "daemon-ca.pem"
-[[daemons]]
-id = "{DAEMON_ID}"
-url = "https://localhost:{receive_port}"
-[[sources]]
-type = "local"
-[proof]
+    let mut hub_tables = format!(
+        r#"[proof]
 mode = "required"
 max_output_bytes = 448
 [decentralized]
@@ -627,14 +613,12 @@ reveal_timeout_ms = 1500
 bench_after = 1
 bench_secs = 600
 "#,
-        hub_port = f.hub_port,
-        receive_port = f.receive_port,
         node_ca = nodes.path("node-ca.pem").display(),
     );
     let mut trust = format!("require_proof = true\nmin_node_quorum = {K}\n");
     for i in 0..N {
         let key = nodes.path(&format!("{}-falcon.pub", id(i)));
-        hub_text += &format!(
+        hub_tables += &format!(
             "[[decentralized.nodes]]\nid = \"{}\"\nurl = \"https://localhost:{}\"\npublic_key = \"{}\"\n",
             id(i),
             nodes.ports[i],
@@ -646,8 +630,11 @@ bench_secs = 600
             key.display()
         );
     }
-    let hub_cfg = f.path("kirq-hub.toml");
-    std::fs::write(&hub_cfg, hub_text).unwrap();
+    let hub_cfg = f.hub_config_with(
+        true,
+        &format!("metrics_listen = \"127.0.0.1:{hub_metrics_port}\""),
+        &hub_tables,
+    );
     let daemon_cfg = f.daemon_config_trust(false, &trust, "[fallback]\nenabled = false");
     let _kirqd = common::kirqd(&f, &daemon_cfg, &[]);
     let _hub = common::hub(&f, &hub_cfg, &[]);

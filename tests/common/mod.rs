@@ -83,11 +83,18 @@ listen = "127.0.0.1:{}"
     }
 
     pub fn hub_config(&self, push: bool) -> PathBuf {
+        self.hub_config_with(push, "", "")
+    }
+
+    /// Like [`Self::hub_config`], with `top` lines added to the top-level keys and `tables`
+    /// (TOML tables: [proof], [decentralized], ...) appended.
+    pub fn hub_config_with(&self, push: bool, top: &str, tables: &str) -> PathBuf {
         let text = format!(
             r#"id = "{HUB_ID}"
 signing_key = "hub-signing.key"
 listen = "127.0.0.1:{}"
 push_interval_ms = {}
+{top}
 [tls]
 cert = "{HUB_ID}.crt"
 key = "{HUB_ID}.key"
@@ -97,6 +104,7 @@ id = "{DAEMON_ID}"
 url = "https://localhost:{}"
 [[sources]]
 type = "local"
+{tables}
 "#,
             self.hub_port,
             if push { 200 } else { 0 },
