@@ -77,6 +77,7 @@ pub fn configs(dir: &Path, http: Option<SocketAddr>) -> anyhow::Result<(HubConfi
         hybrid: Default::default(),
         decentralized: None,
         proof: Default::default(),
+        limits: Default::default(),
     };
     let daemon = DaemonConfig {
         id: DAEMON_ID.into(),
@@ -87,6 +88,7 @@ pub fn configs(dir: &Path, http: Option<SocketAddr>) -> anyhow::Result<(HubConfi
             min_node_quorum: 0,
             max_clock_skew_ms: crate::verify::DEFAULT_MAX_SKEW_MS,
             replay_cache_entries: crate::verify::DEFAULT_REPLAY_CAPACITY,
+            replay_state_file: Some(dir.join("replay.state")),
         },
         receive: ReceiveConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], daemon_port)),

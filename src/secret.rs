@@ -46,6 +46,33 @@ impl SecretBytes {
         self.0.extend_from_slice(bytes);
     }
 
+    /// Appends `bytes`, growing by hand when the capacity is short: the bytes are copied into a
+    /// larger buffer and the old one is zeroed before it is freed, so no unzeroed copy is left
+    /// behind (a plain `Vec` reallocation would free the old allocation as it is).
+    pub fn append(&mut self, bytes: &[u8]) {
+        let need = self.0.len() + bytes.len();
+        if need > self.0.capacity() {
+            let mut grown = Vec::with_capacity(need.max(self.0.capacity().saturating_mul(2)));
+            grown.extend_from_slice(&self.0);
+            // The old buffer is zeroed (spare capacity included) as `Zeroizing` drops it.
+            drop(std::mem::replace(&mut self.0, Zeroizing::new(grown)));
+        }
+        self.0.extend_from_slice(bytes);
+    }
+
+    /// Shortens to `len` bytes, zeroing what is cut off.
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.0.len() {
+            self.0[len..].zeroize();
+            self.0.truncate(len);
+        }
+    }
+
+    /// The buffer itself, still zeroed on drop (to hand to an owner such as `Bytes::from_owner`).
+    pub fn into_zeroizing(self) -> Zeroizing<Vec<u8>> {
+        self.0
+    }
+
     /// Zeroes the contents now (they are zeroed again on drop).
     pub fn wipe(&mut self) {
         self.0.zeroize();
@@ -61,6 +88,20 @@ impl Default for SecretBytes {
 impl fmt::Debug for SecretBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SecretBytes({} bytes)", self.0.len())
+    }
+}
+
+/// A request or response body that holds entropy, as `Bytes` whose buffer is zeroed when the
+/// last reference (hyper's, reqwest's) drops, not just freed.
+pub fn body_bytes(bytes: Zeroizing<Vec<u8>>) -> bytes::Bytes {
+    bytes::Bytes::from_owner(ZeroOnDrop(bytes))
+}
+
+struct ZeroOnDrop(Zeroizing<Vec<u8>>);
+
+impl AsRef<[u8]> for ZeroOnDrop {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
 
@@ -97,6 +138,19 @@ mod tests {
         let shown = format!("{s:?}");
         assert_eq!(shown, "SecretBytes(4 bytes)");
         assert!(!shown.to_lowercase().contains("ab"));
+    }
+
+    #[test]
+    fn append_grows_and_keeps_every_byte() {
+        let mut s = SecretBytes::new(Vec::with_capacity(3));
+        let mut want = Vec::new();
+        for i in 0..200u8 {
+            s.append(&[i; 7]);
+            want.extend_from_slice(&[i; 7]);
+        }
+        assert_eq!(s.expose(), &want[..]);
+        s.truncate(10);
+        assert_eq!(s.expose(), &want[..10]);
     }
 
     #[test]

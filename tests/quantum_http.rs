@@ -163,6 +163,34 @@ async fn vrf_waits_for_entropy_then_proves_and_verifies() {
     assert_eq!(hex::encode(beta), a["beta"].as_str().unwrap());
 }
 
+/// Every byte that leaves the pool is counted under a consumer: the VRF key's 32 bytes count
+/// under `keys`, so the per-consumer split sums to `bytes_served_total` (it was 32 short).
+#[tokio::test]
+async fn every_served_byte_is_counted_under_a_consumer() {
+    let f = fixture(true);
+    fill_local(&f.d, 4096);
+    wait_for_vrf(&f.app).await;
+    let (s, _) = call(
+        &f.app,
+        "POST",
+        "/api/rng/random",
+        Some(json!({"num_bytes": 100})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, stats) = call(&f.app, "GET", "/api/rng/stats", None).await;
+    let split: u64 = stats["bytes_served"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(stats["bytes_served_total"], 132, "{stats}");
+    assert_eq!(split, 132, "the split must sum to the total: {stats}");
+    assert_eq!(stats["bytes_served"]["keys"], 32, "{stats}");
+    assert_eq!(stats["bytes_served"]["http"], 100, "{stats}");
+}
+
 #[tokio::test]
 async fn vrf_verify_checks_rfc_vectors_under_any_key() {
     let f = fixture(true);

@@ -34,7 +34,8 @@ enum Cmd {
         #[arg(long, short, default_value = "/etc/kirq/kirqd.toml")]
         config: PathBuf,
         /// A spool of length-prefixed packets (as in a refill answer) to verify and admit at
-        /// start, e.g. a seed handed over by a VM host.
+        /// start, e.g. a seed handed over by a VM host. The file is deleted before any of it is
+        /// admitted, so a restart cannot admit it twice; a missing spool is only a warning.
         #[arg(long)]
         admit_packets: Option<PathBuf>,
     },

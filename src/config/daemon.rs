@@ -75,6 +75,13 @@ pub struct TrustConfig {
     pub max_clock_skew_ms: u64,
     #[serde(default = "d_replay")]
     pub replay_cache_entries: usize,
+    /// The replay journal, e.g. `/var/lib/kirq/replay.state`: every admitted packet's nonce is
+    /// synced here before its bytes are served, so a packet admitted before a crash is refused
+    /// after the restart. Unset: packets issued before the daemon started (plus
+    /// `max_clock_skew_ms`) are refused instead, which costs the first seconds of hub packets
+    /// after each start.
+    #[serde(default)]
+    pub replay_state_file: Option<PathBuf>,
 }
 
 /// A decentralized node the daemon trusts: its id (as packets name it) and Falcon-512 key file.
@@ -112,10 +119,26 @@ pub struct HubEndpoint {
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
     pub capacity_bytes: usize,
-    /// Below this many bytes the daemon asks a hub for a refill.
+    /// Below this many hub-delivered bytes a refill is urgent (and `/api/rng/health` says
+    /// degraded).
     pub low_watermark_bytes: usize,
-    /// How many bytes one refill asks for.
+    /// The fill level the daemon keeps the pool at: whenever at least `refill_bytes` are missing
+    /// from it (or a request went unserved), the daemon pulls what tops it up, plus the unserved
+    /// requests. Unset: 1 MiB, or half the capacity if that is smaller.
+    pub high_watermark_bytes: Option<usize>,
+    /// Most bytes one pull asks for (a refill pulls repeatedly until the pool is topped up).
     pub refill_bytes: usize,
+}
+
+impl PoolConfig {
+    /// The target fill level, `high_watermark_bytes` or its default.
+    pub fn high_watermark(&self) -> usize {
+        self.high_watermark_bytes.unwrap_or_else(|| {
+            crate::pool::DEFAULT_HIGH_WATERMARK
+                .min(self.capacity_bytes / 2)
+                .max(self.low_watermark_bytes)
+        })
+    }
 }
 
 impl Default for PoolConfig {
@@ -123,6 +146,7 @@ impl Default for PoolConfig {
         Self {
             capacity_bytes: crate::pool::DEFAULT_CAPACITY,
             low_watermark_bytes: crate::pool::DEFAULT_LOW_WATERMARK,
+            high_watermark_bytes: None,
             refill_bytes: 256 * 1024,
         }
     }
@@ -160,6 +184,9 @@ pub struct HttpConfig {
     pub rate_limit_burst: u32,
     /// Largest request body accepted, in bytes.
     pub max_request_bytes: usize,
+    /// How long `POST /api/rng/random` waits for a refill when the pool cannot serve a request
+    /// whole, before answering 503 (0: answer at once). At most 1,024 requests wait at a time.
+    pub max_wait_ms: u64,
 }
 
 impl Default for HttpConfig {
@@ -173,6 +200,7 @@ impl Default for HttpConfig {
             rate_limit_per_second: 100_000,
             rate_limit_burst: 200_000,
             max_request_bytes: 4096,
+            max_wait_ms: 2000,
         }
     }
 }
@@ -282,6 +310,9 @@ impl DaemonConfig {
         for n in &mut c.trust.nodes {
             resolve(base, &mut n.public_key);
         }
+        if let Some(p) = &mut c.trust.replay_state_file {
+            resolve(base, p);
+        }
         resolve(base, &mut c.receive.cert);
         resolve(base, &mut c.receive.key);
         resolve(base, &mut c.receive.hub_ca);
@@ -369,6 +400,14 @@ impl DaemonConfig {
                 "must be below pool.capacity_bytes",
             ));
         }
+        if let Some(high) = p.high_watermark_bytes
+            && (high <= p.low_watermark_bytes || high > p.capacity_bytes)
+        {
+            return Err(invalid(
+                "pool.high_watermark_bytes",
+                "must be above pool.low_watermark_bytes and at most pool.capacity_bytes",
+            ));
+        }
         if p.refill_bytes == 0 || p.refill_bytes > p.capacity_bytes {
             return Err(invalid(
                 "pool.refill_bytes",
@@ -397,6 +436,9 @@ impl DaemonConfig {
                 "http.rate_limit_per_second",
                 "rate and burst must be positive",
             ));
+        }
+        if h.max_wait_ms > 30_000 {
+            return Err(invalid("http.max_wait_ms", "must be 0..=30000"));
         }
         if !(256..=1 << 20).contains(&h.max_request_bytes) {
             return Err(invalid("http.max_request_bytes", "must be 256..=1048576"));

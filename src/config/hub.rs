@@ -38,6 +38,27 @@ pub struct HubConfig {
     pub decentralized: Option<super::DecentralizedConfig>,
     #[serde(default)]
     pub proof: ProofConfig,
+    #[serde(default)]
+    pub limits: HubLimits,
+}
+
+/// Each daemon's share of this hub (pull and push together).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubLimits {
+    /// Entropy bytes per second one daemon may take, sustained.
+    pub daemon_bytes_per_second: u64,
+    /// Entropy bytes one daemon may take at once after being idle.
+    pub daemon_burst_bytes: u64,
+}
+
+impl Default for HubLimits {
+    fn default() -> Self {
+        Self {
+            daemon_bytes_per_second: 8 << 20,
+            daemon_burst_bytes: 16 << 20,
+        }
+    }
 }
 
 /// Mixing proofs: whether packets carry a STARK that their entropy is the Rescue-Prime mix of the
@@ -595,6 +616,18 @@ impl HubConfig {
         }
         if !(1_000..=crate::wire::MAX_LIFETIME_MS).contains(&self.packet_lifetime_ms) {
             return Err(invalid("packet_lifetime_ms", "must be 1000..=60000"));
+        }
+        if self.limits.daemon_bytes_per_second == 0 {
+            return Err(invalid(
+                "limits.daemon_bytes_per_second",
+                "must be at least 1",
+            ));
+        }
+        if self.limits.daemon_burst_bytes < self.packet_bytes as u64 {
+            return Err(invalid(
+                "limits.daemon_burst_bytes",
+                "must be at least packet_bytes (one packet)",
+            ));
         }
         let mut ids = std::collections::HashSet::new();
         for d in &self.daemons {

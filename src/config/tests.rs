@@ -25,6 +25,7 @@ fn daemon_defaults_and_relative_paths() {
     let c = DaemonConfig::load(&write(dir.path(), DAEMON)).unwrap();
     assert_eq!(c.pool.capacity_bytes, 16 << 20);
     assert_eq!(c.pool.low_watermark_bytes, 1024);
+    assert_eq!(c.pool.high_watermark(), 1 << 20);
     assert_eq!(c.fallback.after_secs, 30);
     assert_eq!(c.trust.max_clock_skew_ms, 5000);
     assert_eq!(c.health.alpha_exponent, 30);
@@ -56,6 +57,11 @@ fn validation_names_the_key() {
             "[[hubs]]",
             "[pool]\nlow_watermark_bytes = 99999999\n[[hubs]]",
             "pool.low_watermark_bytes",
+        ),
+        (
+            "[[hubs]]",
+            "[pool]\nhigh_watermark_bytes = 512\n[[hubs]]",
+            "pool.high_watermark_bytes",
         ),
         (
             "[[hubs]]",

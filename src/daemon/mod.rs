@@ -8,7 +8,7 @@
 
 pub mod notify;
 mod state;
-pub use state::{Daemon, HubStatus, ReceiveError};
+pub use state::{Daemon, FrameError, HubStatus, MAX_HTTP_WAITERS, ReceiveError};
 
 use std::net::SocketAddr;
 
@@ -141,7 +141,7 @@ pub async fn start(
         Duration::from_secs(10),
     );
     let nodes = load_trusted_nodes(&cfg)?;
-    let daemon = Arc::new(Daemon::new(cfg.clone(), keys, hardening));
+    let daemon = Arc::new(Daemon::open(cfg.clone(), keys, hardening)?);
     daemon.verifier.set_trusted_nodes(nodes);
     if daemon.pool.secret_memory() {
         tracing::info!("pool memory: memfd_secret (out of the kernel's direct map, never dumped)");
@@ -220,8 +220,8 @@ pub async fn start(
 }
 
 /// Runs the daemon from a config file until SIGINT/SIGTERM; SIGHUP reloads the trusted hub keys.
-/// `admit` is an optional spool of length-prefixed packets verified and admitted at start (see
-/// [`Daemon::admit_spool`]).
+/// `admit` is an optional spool of length-prefixed packets, consumed, verified and admitted at
+/// start (see [`Daemon::admit_spool`]).
 pub async fn run(config_path: &Path, admit: Option<&Path>) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let cfg = DaemonConfig::load(config_path)?;
@@ -230,9 +230,15 @@ pub async fn run(config_path: &Path, admit: Option<&Path>) -> anyhow::Result<()>
     let kernel = cfg.kernel.enabled;
     let d = start(cfg, hardening).await?;
     if let Some(p) = admit {
-        let bytes = zeroize::Zeroizing::new(std::fs::read(p)?);
-        let (packets, n) = d.daemon.admit_spool(&bytes).map_err(anyhow::Error::msg)?;
-        tracing::info!(packets, bytes = n, spool = %p.display(), "spool admitted");
+        match d.daemon.admit_spool(p)? {
+            Some((packets, n)) => {
+                tracing::info!(packets, bytes = n, spool = %p.display(), "spool consumed and admitted")
+            }
+            None => tracing::warn!(
+                spool = %p.display(),
+                "no spool to admit (already consumed by an earlier start, or never written)"
+            ),
+        }
     }
     if !kernel {
         // With the kernel feeder, READY=1 follows the first seeding instead.

@@ -14,6 +14,9 @@ use crate::secret::Hardening;
 use crate::util::now_ms;
 use crate::verify::{Policy, Reject, Verifier};
 
+/// Most `/api/rng/random` requests waiting for a refill at once; more are answered 503 at once.
+pub const MAX_HTTP_WAITERS: usize = 1024;
+
 /// One hub as the daemon sees it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct HubStatus {
@@ -53,7 +56,7 @@ pub struct Daemon {
     /// The `/quantum/*` service keys (see [`crate::quantum`]).
     pub quantum: crate::quantum::Keys,
     hubs: Mutex<Vec<HubStatus>>,
-    /// Last time any hub answered a pull or delivered a verified packet.
+    /// Last time a packet from a hub passed verification (start time before the first).
     last_contact: Mutex<Instant>,
     last_packet: Mutex<Option<Instant>>,
     fallback_active: AtomicBool,
@@ -63,6 +66,8 @@ pub struct Daemon {
     /// Provenance classes consumers asked for and the pool lacked: pulled next, by kind.
     wanted: Mutex<Vec<Provenance>>,
     device_status: Mutex<crate::device::DeviceStatus>,
+    /// HTTP requests allowed to wait for a refill at once (`http.max_wait_ms`).
+    pub http_waiters: tokio::sync::Semaphore,
     kernel_status: Mutex<crate::kernel::FeederStatus>,
 }
 
@@ -79,6 +84,42 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Daemon {
+    /// The daemon as `kirqd run` makes it: with the replay journal of
+    /// `trust.replay_state_file`, or without one, the replay floor (packets issued before this
+    /// start plus the allowed clock skew are refused).
+    pub fn open(
+        cfg: DaemonConfig,
+        keys: Vec<VerifyingKey>,
+        hardening: Hardening,
+    ) -> Result<Self, crate::verify::journal::JournalError> {
+        let mut d = Self::new(cfg, keys, hardening);
+        let now = now_ms();
+        let placeholder = Verifier::new(d.verifier.policy().clone(), Vec::new());
+        let verifier = std::mem::replace(&mut d.verifier, placeholder);
+        d.verifier = match &d.cfg.trust.replay_state_file {
+            Some(path) => {
+                let v = verifier.with_replay_journal(path, now)?;
+                tracing::info!(
+                    file = %path.display(),
+                    live_nonces = v.replay_cache_len(),
+                    "replay journal loaded: packets admitted before a restart stay refused"
+                );
+                v
+            }
+            None => {
+                let floor = now + d.cfg.trust.max_clock_skew_ms;
+                tracing::warn!(
+                    floor_ms = floor,
+                    "no trust.replay_state_file: refusing packets issued before this start plus \
+                     trust.max_clock_skew_ms, so none admitted before a restart is admitted again"
+                );
+                verifier.with_replay_floor(floor)
+            }
+        };
+        Ok(d)
+    }
+
+    /// The daemon's state with an in-memory replay cache only (in-process tests and benches).
     pub fn new(cfg: DaemonConfig, keys: Vec<VerifyingKey>, hardening: Hardening) -> Self {
         let policy = Policy {
             recipient: cfg.id.clone(),
@@ -90,7 +131,8 @@ impl Daemon {
         };
         let quarantine = Duration::from_secs(cfg.health.quarantine_secs);
         Self {
-            pool: Pool::new(cfg.pool.capacity_bytes, cfg.pool.low_watermark_bytes),
+            pool: Pool::new(cfg.pool.capacity_bytes, cfg.pool.low_watermark_bytes)
+                .with_high_watermark(cfg.pool.high_watermark()),
             verifier: Verifier::new(policy, keys),
             metrics: Arc::new(DaemonMetrics::new()),
             hardening,
@@ -117,6 +159,7 @@ impl Daemon {
             )),
             hub_quality: Mutex::new(HashMap::new()),
             wanted: Mutex::new(Vec::new()),
+            http_waiters: tokio::sync::Semaphore::new(MAX_HTTP_WAITERS),
             device_status: Mutex::new(crate::device::DeviceStatus {
                 mode: "off",
                 path: None,
@@ -132,21 +175,73 @@ impl Daemon {
 
     /// Verifies one encoded packet and admits its entropy. Every outcome is counted.
     pub fn receive(&self, bytes: &[u8]) -> Result<([u8; 16], usize), ReceiveError> {
-        let verified = match self.verifier.verify(bytes, now_ms()) {
+        let verified = self
+            .verifier
+            .verify(bytes, now_ms())
+            .map_err(|r| self.rejected(r))?;
+        self.admit(verified)
+    }
+
+    /// Verifies and admits a run of frames (`u32 length ‖ packet`, as in a refill answer or a
+    /// spool) with one sync of the replay journal for the whole run. A packet that fails
+    /// verification is skipped (and counted). Returns (packets admitted, bytes admitted), or the
+    /// framing error; nothing after a framing error is admitted.
+    pub fn receive_frames(&self, bytes: &[u8]) -> Result<(usize, usize), FrameError> {
+        let now = now_ms();
+        let mut pending = Vec::new();
+        let mut frames = Frames(bytes);
+        let mut framing = Ok(());
+        for f in &mut frames {
+            match f {
+                Ok(packet) => match self.verifier.verify_unsynced(packet, now) {
+                    Ok(u) => pending.push(u),
+                    Err(r) => {
+                        self.rejected(r);
+                    }
+                },
+                Err(e) => {
+                    framing = Err(e);
+                    break;
+                }
+            }
+        }
+        let verified = match self.verifier.sync(pending) {
             Ok(v) => v,
             Err(r) => {
-                if let Reject::Health(key_id, e) = &r {
-                    let key = format!("hub:{key_id}");
-                    let mut q = lock(&self.hub_quality);
-                    let h = q.entry(key.clone()).or_insert_with(|| self.new_quality());
-                    h.record_error(e.to_string());
-                    self.metrics.observe_quality(&key, h.quality());
-                }
-                self.metrics.reject(r.reason());
-                tracing::info!(reason = r.reason(), error = %r, "packet rejected");
-                return Err(r.into());
+                self.rejected(r);
+                Vec::new()
             }
         };
+        let (mut packets, mut admitted) = (0, 0);
+        for v in verified {
+            if let Ok((_, n)) = self.admit(v) {
+                packets += 1;
+                admitted += n;
+            }
+        }
+        framing.map(|()| (packets, admitted))
+    }
+
+    /// Counts and logs a refused packet; returns the error for the caller.
+    fn rejected(&self, r: Reject) -> ReceiveError {
+        if let Reject::Health(key_id, e) = &r {
+            let key = format!("hub:{key_id}");
+            let mut q = lock(&self.hub_quality);
+            let h = q.entry(key.clone()).or_insert_with(|| self.new_quality());
+            h.record_error(e.to_string());
+            self.metrics.observe_quality(&key, h.quality());
+        }
+        self.metrics.reject(r.reason());
+        tracing::info!(reason = r.reason(), error = %r, "packet rejected");
+        r.into()
+    }
+
+    /// Admits a packet that passed every check (its nonce durable). A verified packet is what
+    /// ends the silence that starts the fallback, even when the pool is too full to take it.
+    fn admit(
+        &self,
+        verified: crate::verify::VerifiedPacket,
+    ) -> Result<([u8; 16], usize), ReceiveError> {
         let key = format!("hub:{}", verified.key_id());
         let nonce = verified.nonce();
         let class = verified.class();
@@ -208,31 +303,49 @@ impl Daemon {
         f(&mut lock(&self.kernel_status));
     }
 
-    /// Verifies and admits a file of packets, each prefixed by its length (u32, big-endian) as
-    /// in a refill answer: a seed spool handed over out of band (e.g. by a VM host). Returns
-    /// (packets admitted, bytes admitted); a packet that fails verification is skipped.
-    pub fn admit_spool(&self, bytes: &[u8]) -> Result<(usize, usize), String> {
-        let mut rest = bytes;
-        let (mut packets, mut admitted) = (0, 0);
-        while !rest.is_empty() {
-            if rest.len() < 4 {
-                return Err("spool truncated".into());
+    /// Verifies and admits a seed spool handed over out of band (e.g. by a VM host): a file of
+    /// frames as in a refill answer. The file is consumed first (unlinked, and the unlink synced)
+    /// so a restart can never admit it again, then its packets are verified and admitted. A
+    /// missing spool is not an error (a restarted daemon finds its spool already consumed).
+    /// Returns (packets admitted, bytes admitted), or `None` when there was no spool.
+    pub fn admit_spool(&self, path: &std::path::Path) -> anyhow::Result<Option<(usize, usize)>> {
+        use anyhow::Context;
+        // Without a journal the replay floor refuses every packet issued before this start, a
+        // spool's included, and nothing would stop a re-supplied copy of it: refuse plainly.
+        anyhow::ensure!(
+            self.cfg.trust.replay_state_file.is_some(),
+            "--admit-packets needs trust.replay_state_file (the replay journal), so that a spool's \
+             packets can never be admitted twice"
+        );
+        let bytes = match std::fs::read(path) {
+            Ok(b) => crate::secret::SecretBytes::new(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read spool {}", path.display()));
             }
-            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            if len > rest.len() - 4 {
-                return Err("spool truncated".into());
-            }
-            if let Ok((_, n)) = self.receive(&rest[4..4 + len]) {
-                packets += 1;
-                admitted += n;
-            }
-            rest = &rest[4 + len..];
-        }
-        Ok((packets, admitted))
+        };
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot consume spool {}", path.display()))?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot sync {} after consuming the spool", dir.display()))?;
+        let admitted = self
+            .receive_frames(bytes.expose())
+            .with_context(|| format!("spool {}", path.display()))?;
+        Ok(Some(admitted))
     }
 
     fn touch_hub(&self) {
         *lock(&self.last_contact) = Instant::now();
+    }
+
+    /// Time since the last verified packet from any hub (or since start).
+    pub fn silence(&self) -> Duration {
+        lock(&self.last_contact).elapsed()
     }
 
     pub fn fallback_active(&self) -> bool {
@@ -285,6 +398,8 @@ impl Daemon {
     }
 
     /// Asks hub `i` for `bytes` of packets (0 = a reachability probe); admits what verifies.
+    /// Returns the bytes admitted. An answer is not contact: only a verified packet ends the
+    /// silence that starts the fallback.
     async fn pull(
         &self,
         client: &reqwest::Client,
@@ -308,7 +423,10 @@ impl Daemon {
         let status = resp.status();
         if status == reqwest::StatusCode::BAD_REQUEST && source.is_some() {
             // The hub answered: it just has no source of that kind.
-            self.touch_hub();
+            return Ok(0);
+        }
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            // Reachable, but this daemon has used its share for now.
             return Ok(0);
         }
         if !status.is_success() {
@@ -316,10 +434,13 @@ impl Daemon {
         }
         // Bounded read: at most MAX_PACKETS_PER_PULL packets of the largest size.
         let limit = crate::hub::MAX_PACKETS_PER_PULL * (crate::wire::MAX_PACKET_BYTES + 4);
-        if resp.content_length().is_some_and(|l| l > limit as u64) {
+        let declared = resp.content_length().unwrap_or(0);
+        if declared > limit as u64 {
             return Err("refill answer too large".into());
         }
-        let mut body = zeroize::Zeroizing::new(Vec::new());
+        // Reserved once from the declared length; beyond it the buffer grows by hand, zeroing
+        // the old allocation, so no unzeroed copy of the entropy is left behind.
+        let mut body = crate::secret::SecretBytes::new(Vec::with_capacity(declared as usize));
         let mut resp = resp;
         while let Some(chunk) = resp
             .chunk()
@@ -329,42 +450,70 @@ impl Daemon {
             if body.len() + chunk.len() > limit {
                 return Err("refill answer too large".into());
             }
-            body.extend_from_slice(&chunk);
+            body.append(&chunk);
         }
-        self.touch_hub();
-        let mut rest: &[u8] = &body;
-        let mut admitted = 0;
-        while !rest.is_empty() {
-            if rest.len() < 4 {
-                return Err("refill answer truncated".into());
-            }
-            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            if len > rest.len() - 4 {
-                return Err("refill answer truncated".into());
-            }
-            if let Ok((_, n)) = self.receive(&rest[4..4 + len]) {
-                admitted += n;
-            }
-            rest = &rest[4 + len..];
-        }
+        let (_, admitted) = self
+            .receive_frames(body.expose())
+            .map_err(|e| format!("refill answer: {e}"))?;
         Ok(admitted)
     }
 }
 
-/// Pulls from the hubs, in order, whenever the pool is below its low watermark.
+/// A malformed run of frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("truncated frame")]
+    Truncated,
+}
+
+/// `u32 length (big-endian) ‖ packet`, repeated: the refill answer and spool format.
+struct Frames<'a>(&'a [u8]);
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = Result<&'a [u8], FrameError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rest = self.0;
+        if rest.is_empty() {
+            return None;
+        }
+        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+            self.0 = &[];
+            return Some(Err(FrameError::Truncated));
+        };
+        let len = u32::from_be_bytes(*len) as usize;
+        if len > tail.len() {
+            self.0 = &[];
+            return Some(Err(FrameError::Truncated));
+        }
+        let (packet, rest) = tail.split_at(len);
+        self.0 = rest;
+        Some(Ok(packet))
+    }
+}
+
+/// Keeps the pool at its high watermark: whenever [`Pool::refill_plan`] asks for bytes (the
+/// pool fell a refill's worth below the high watermark, below the low watermark, or a consumer
+/// went unserved), pulls that much from the hubs in order, at most `pool.refill_bytes` per
+/// pull. While no hub delivers, waits between attempts (doubling to 5 s).
 pub(super) async fn refill_task(d: Arc<Daemon>, client: reqwest::Client) {
     if d.cfg.hubs.is_empty() {
         return;
     }
+    let chunk = d.cfg.pool.refill_bytes;
+    let mut backoff = Duration::ZERO;
     loop {
         tokio::select! {
             _ = d.pool.refill_needed() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+        if !backoff.is_zero() {
+            tokio::time::sleep(backoff).await;
+        }
         // Consumers that asked for one provenance class the pool lacked come first.
         let classes = std::mem::take(&mut *lock(&d.wanted));
         for class in classes {
-            let want = d.cfg.pool.refill_bytes.min(d.pool.free());
+            let want = chunk.min(d.pool.free());
             for i in 0..d.cfg.hubs.len() {
                 match d.pull(&client, i, want, Some(class)).await {
                     Ok(n) if n > 0 => break,
@@ -373,25 +522,43 @@ pub(super) async fn refill_task(d: Arc<Daemon>, client: reqwest::Client) {
                 }
             }
         }
-        if !d.pool.below_low_watermark() {
-            continue;
-        }
-        let want = d.cfg.pool.refill_bytes.min(d.pool.free());
-        for i in 0..d.cfg.hubs.len() {
-            match d.pull(&client, i, want, None).await {
-                Ok(n) => {
-                    d.set_hub(i, Ok(()));
-                    tracing::debug!(hub = i, admitted = n, "refill done");
-                    break;
+        let mut plan = d.pool.refill_plan(chunk);
+        let mut delivered = plan == 0;
+        while plan > 0 {
+            let want = plan.min(chunk);
+            let mut got = 0;
+            for i in 0..d.cfg.hubs.len() {
+                match d.pull(&client, i, want, None).await {
+                    Ok(n) => {
+                        d.set_hub(i, Ok(()));
+                        tracing::debug!(hub = i, asked = want, admitted = n, "refill pull");
+                        got = n;
+                        if n > 0 {
+                            break;
+                        }
+                    }
+                    Err(e) => d.set_hub(i, Err(e)),
                 }
-                Err(e) => d.set_hub(i, Err(e)),
             }
+            if got == 0 {
+                break;
+            }
+            delivered = true;
+            plan = plan.saturating_sub(got);
         }
+        backoff = if delivered {
+            Duration::ZERO
+        } else {
+            (backoff * 2).clamp(Duration::from_millis(250), Duration::from_secs(5))
+        };
     }
 }
 
 /// Asks every hub for nothing (`bytes: 0`) every few seconds, so /health shows each hub's
-/// reachability and a hub that only answers pulls is not mistaken for a dead one.
+/// reachability. When no verified packet arrived for a probe interval (an idle daemon whose pool
+/// is full, or a hub that answers but delivers nothing), it also asks the hubs, in order, for one
+/// packet: silence is "no verified bytes", never "no answer", so a hub that answers but cannot
+/// or will not deliver good packets still starts the fallback.
 pub(super) async fn probe_task(d: Arc<Daemon>, client: reqwest::Client) {
     let every = Duration::from_secs(d.cfg.fallback.after_secs)
         .div_f64(3.0)
@@ -410,6 +577,18 @@ pub(super) async fn probe_task(d: Arc<Daemon>, client: reqwest::Client) {
             }
         });
         futures::future::join_all(probes).await;
+        if d.silence() < every {
+            continue;
+        }
+        for i in 0..d.cfg.hubs.len() {
+            let before = d.silence();
+            if let Err(e) = d.pull(&client, i, 1, None).await {
+                tracing::debug!(hub = %d.cfg.hubs[i].url, error = %e, "liveness pull failed");
+            }
+            if d.silence() < before {
+                break;
+            }
+        }
     }
 }
 
@@ -421,7 +600,7 @@ pub(super) async fn fallback_task(d: Arc<Daemon>) {
     loop {
         tick.tick().await;
         super::notify::watchdog();
-        let silent = lock(&d.last_contact).elapsed();
+        let silent = d.silence();
         if let Some(age) = d.last_packet_age() {
             d.metrics.hub_last_packet_age.set(age.as_secs_f64());
         }
@@ -431,12 +610,12 @@ pub(super) async fn fallback_task(d: Arc<Daemon>) {
             d.metrics.fallback_active.set(1);
             tracing::error!(
                 silent_secs = silent.as_secs(),
-                "ALERT: no hub has answered; serving local fallback entropy (marked `local`)"
+                "ALERT: no verified packet from any hub; serving local fallback entropy (marked `local`)"
             );
         } else if !stale && d.fallback_active() {
             d.fallback_active.store(false, Ordering::Relaxed);
             d.metrics.fallback_active.set(0);
-            tracing::warn!("a hub answered again; fallback ended");
+            tracing::warn!("a hub delivered a verified packet again; fallback ended");
         }
         if d.fallback_active() {
             let have = d.pool.len();

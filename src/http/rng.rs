@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -114,7 +114,7 @@ fn bad_source() -> ApiError {
 pub async fn random(State(d): State<Arc<Daemon>>, body: Body) -> Response {
     let limit = d.cfg.http.max_request_bytes;
     let parsed = match read_limited(body, limit).await {
-        Some(b) => parse_random(&b),
+        Some(b) => parse_random(b.expose()),
         None => Err(ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             message: format!("request body exceeds {limit} bytes (http.max_request_bytes)"),
@@ -130,13 +130,10 @@ pub async fn random(State(d): State<Arc<Daemon>>, body: Body) -> Response {
             return e.into_response();
         }
     };
-    let taken = match d.pool.take(req.num_bytes, req.want) {
+    let taken = match take_waiting(&d, req.num_bytes, req.want).await {
         Ok(t) => t,
         Err(PoolError::Insufficient { available, wanted }) => {
             d.metrics.request(Consumer::Http.as_str(), "insufficient");
-            if let Want::Only(class) = req.want {
-                d.want_class(class);
-            }
             return ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 message: format!(
@@ -200,11 +197,44 @@ pub async fn random(State(d): State<Arc<Daemon>>, body: Body) -> Response {
         "}},\"consumed\":true,\"timestamp\":\"{}\"}}",
         crate::util::rfc3339_now()
     );
+    // Moved, not copied, into a body that is zeroed when hyper is done with it.
+    let body = Zeroizing::new(std::mem::take(&mut *body).into_bytes());
     (
         [(header::CONTENT_TYPE, "application/json")],
-        Body::from(body.as_bytes().to_vec()),
+        Body::from(crate::secret::body_bytes(body)),
     )
         .into_response()
+}
+
+/// Takes `n` bytes, waiting up to `http.max_wait_ms` for a refill when the pool cannot serve them
+/// whole (the shortfall is already counted into the next pull). At most
+/// [`crate::daemon::MAX_HTTP_WAITERS`] requests wait; the rest are answered at once.
+async fn take_waiting(d: &Daemon, n: usize, want: Want) -> Result<crate::pool::Taken, PoolError> {
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_millis(d.cfg.http.max_wait_ms);
+    let mut permit = None;
+    loop {
+        let arrival = d.pool.arrival();
+        tokio::pin!(arrival);
+        arrival.as_mut().enable();
+        let err = match d.pool.take(n, want) {
+            Ok(t) => return Ok(t),
+            Err(e) => e,
+        };
+        if let Want::Only(class) = want {
+            d.want_class(class);
+        }
+        if permit.is_none() {
+            match d.http_waiters.try_acquire() {
+                Ok(p) => permit = Some(p),
+                Err(_) => return Err(err),
+            }
+        }
+        tokio::select! {
+            () = &mut arrival => {}
+            () = tokio::time::sleep_until(deadline) => return Err(err),
+        }
+    }
 }
 
 /// `POST /api/rng/receive` on the mutual-TLS listener: one canonical packet as the body.
@@ -247,11 +277,9 @@ pub async fn receive(State(d): State<Arc<Daemon>>, headers: HeaderMap, body: Bod
         Some(b) => b,
         None => return too_large(),
     };
-    let result = d.receive(&bytes);
-    // The body held entropy: zero our copy if we are its only owner.
-    if let Ok(mut owned) = bytes.try_into_mut() {
-        zeroize::Zeroize::zeroize(&mut owned[..]);
-    }
+    // `bytes` is a SecretBytes: our copy of the packet is zeroed as it drops.
+    let result = d.receive(bytes.expose());
+    drop(bytes);
     match result {
         Ok((nonce, n)) => Json(serde_json::json!({
             "status": "accepted",
@@ -282,26 +310,31 @@ pub async fn receive(State(d): State<Arc<Daemon>>, headers: HeaderMap, body: Bod
 /// of a reset connection; beyond this the connection is simply closed.
 const DRAIN_CAP: usize = 8 << 20;
 
-/// Reads a body of at most `limit` bytes. An oversized body is drained (up to [`DRAIN_CAP`]) and
-/// `None` returned: nothing of it is kept.
-async fn read_limited(body: Body, limit: usize) -> Option<Bytes> {
+/// Reads a body of at most `limit` bytes into a buffer that is zeroed on drop (a packet body is
+/// entropy), reserved from the declared length and otherwise grown by hand with zeroing, so no
+/// unzeroed copy is left behind. An oversized body is drained (up to [`DRAIN_CAP`]) and `None`
+/// returned: nothing of it is kept.
+async fn read_limited(body: Body, limit: usize) -> Option<crate::secret::SecretBytes> {
+    use axum::body::HttpBody;
     use futures::StreamExt;
+    let declared = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
+    let mut buf = crate::secret::SecretBytes::new(Vec::with_capacity(declared.min(limit)));
     let mut stream = body.into_data_stream();
-    let mut buf = bytes::BytesMut::new();
     let mut seen = 0usize;
     while let Some(chunk) = stream.next().await {
         let Ok(chunk) = chunk else { return None };
         seen += chunk.len();
         if seen > limit {
-            buf.clear();
+            buf.wipe();
+            buf.truncate(0);
             if seen > DRAIN_CAP {
                 return None;
             }
             continue;
         }
-        buf.extend_from_slice(&chunk);
+        buf.append(&chunk);
     }
-    (seen <= limit).then(|| buf.freeze())
+    (seen <= limit).then_some(buf)
 }
 
 /// `POST /api/rng/receive` on the plain shim: refused, with the reason.
@@ -392,7 +425,7 @@ pub async fn stats(State(d): State<Arc<Daemon>>) -> Json<serde_json::Value> {
             )
         })
         .collect();
-    let consumers = [Consumer::Http, Consumer::Device, Consumer::Kernel];
+    let consumers = Consumer::ALL;
     let served: BTreeMap<_, _> = consumers
         .iter()
         .map(|c| {

@@ -6,6 +6,7 @@
 //! in the request must be a registered daemon whose client certificate carries that id).
 
 mod build;
+pub mod limit;
 mod serve;
 
 pub use build::{BuildError, Mode, PacketFactory, SourceReport, SourceSettings, TrackedSource};

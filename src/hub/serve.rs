@@ -37,6 +37,8 @@ struct HubState {
     packet_bytes: usize,
     /// Registered daemons: id → push URL (if any).
     daemons: HashMap<String, Option<String>>,
+    /// Each daemon's byte rate and burst (`[limits]`).
+    share: super::limit::DaemonShare,
 }
 
 /// A started hub. Dropping it does not stop it; call [`RunningHub::stop`].
@@ -143,6 +145,10 @@ pub async fn start(cfg: HubConfig, key: SigningKey) -> anyhow::Result<RunningHub
             .iter()
             .map(|d| (d.id.clone(), d.url.clone()))
             .collect(),
+        share: super::limit::DaemonShare::new(
+            cfg.limits.daemon_bytes_per_second,
+            cfg.limits.daemon_burst_bytes,
+        ),
     });
     let mut tasks = Vec::new();
 
@@ -214,6 +220,16 @@ async fn push_loop(
     let mut backoff = interval;
     loop {
         tokio::time::sleep(backoff).await;
+        if let Err(wait) =
+            state
+                .share
+                .grant(&daemon, 1, state.packet_bytes, std::time::Instant::now())
+        {
+            // This daemon has had its share; push again when one packet's worth is back.
+            state.metrics.delivery(&daemon, "rate_limited");
+            backoff = wait.max(interval);
+            continue;
+        }
         let packet = match state
             .factory
             .build(&daemon, state.packet_bytes, &state.metrics)
@@ -230,10 +246,9 @@ async fn push_loop(
             .post(&url)
             .header("X-Quantum-Transport", "v1")
             .header(header::CONTENT_TYPE, "application/octet-stream")
-            .body(packet.to_vec())
+            .body(crate::secret::body_bytes(packet))
             .send()
             .await;
-        drop(packet);
         match res {
             Ok(r) if r.status().is_success() => {
                 state.metrics.delivery(&daemon, "accepted");
@@ -324,8 +339,26 @@ async fn refill(
     }
     let n = state.packet_bytes;
     // `bytes: 0` is a reachability probe: an empty answer.
-    let count = req.bytes.div_ceil(n).min(MAX_PACKETS_PER_PULL);
-    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(count * (n + 2048)));
+    let asked = req.bytes.div_ceil(n).min(MAX_PACKETS_PER_PULL);
+    let count = match state
+        .share
+        .grant(&req.recipient, asked, n, std::time::Instant::now())
+    {
+        Ok(c) => c,
+        Err(wait) => {
+            state.metrics.delivery(&req.recipient, "rate_limited");
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "this daemon's share of the hub (limits.daemon_bytes_per_second) is used up",
+            );
+            let secs = wait.as_secs().max(1).to_string();
+            if let Ok(v) = axum::http::HeaderValue::from_str(&secs) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return r;
+        }
+    };
+    let mut out = crate::secret::SecretBytes::new(Vec::new());
     for _ in 0..count {
         match state
             .factory
@@ -333,8 +366,15 @@ async fn refill(
             .await
         {
             Ok(p) => {
-                out.extend_from_slice(&(p.len() as u32).to_be_bytes());
-                out.extend_from_slice(&p);
+                if out.is_empty() {
+                    // Sized from the first packet; `append` grows by hand (zeroing) if a later
+                    // one is larger.
+                    out = crate::secret::SecretBytes::new(Vec::with_capacity(
+                        count * (p.len() + 4 + 256),
+                    ));
+                }
+                out.append(&(p.len() as u32).to_be_bytes());
+                out.append(&p);
             }
             Err(e) if out.is_empty() => {
                 return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
@@ -347,7 +387,7 @@ async fn refill(
     }
     (
         [(header::CONTENT_TYPE, "application/octet-stream")],
-        out.to_vec(),
+        crate::secret::body_bytes(out.into_zeroizing()),
     )
         .into_response()
 }

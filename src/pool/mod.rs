@@ -16,7 +16,7 @@ pub mod secretmem;
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::health::{HealthFailure, SourceHealth};
 use crate::secret::SecretBytes;
@@ -25,6 +25,8 @@ use crate::wire::SourceKind;
 
 pub const DEFAULT_CAPACITY: usize = 16 << 20;
 pub const DEFAULT_LOW_WATERMARK: usize = 1024;
+/// The fill level the daemon keeps the pool at by default (hub-delivered bytes).
+pub const DEFAULT_HIGH_WATERMARK: usize = 1 << 20;
 
 /// Where the bytes of a packet (or a fallback fill) came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -92,14 +94,20 @@ pub enum Consumer {
     Http,
     Device,
     Kernel,
+    /// The daemon itself, for key material it makes from pool bytes (the VRF key).
+    Keys,
 }
 
 impl Consumer {
+    /// Every consumer: the per-consumer split of served bytes sums to the total.
+    pub const ALL: [Consumer; 4] = [Self::Http, Self::Device, Self::Kernel, Self::Keys];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Http => "http",
             Self::Device => "device",
             Self::Kernel => "kernel",
+            Self::Keys => "keys",
         }
     }
 }
@@ -189,6 +197,12 @@ pub struct Pool {
     inner: Mutex<Inner>,
     capacity: usize,
     low_watermark: usize,
+    /// The target fill level: refills top the hub-delivered bytes up to this.
+    high_watermark: usize,
+    /// The largest request the pool could not serve since the last refill plan (capped at the
+    /// capacity): counted into the next pull, so a large request is never starved by a pool
+    /// that holds "enough" for small ones.
+    unmet: AtomicUsize,
     admitted: AtomicU64,
     served: AtomicU64,
     refill: tokio::sync::Notify,
@@ -212,12 +226,20 @@ impl Pool {
             inner: Mutex::new(Inner::default()),
             capacity,
             low_watermark,
+            high_watermark: low_watermark,
+            unmet: AtomicUsize::new(0),
             admitted: AtomicU64::new(0),
             served: AtomicU64::new(0),
             refill: tokio::sync::Notify::new(),
             arrived: tokio::sync::Notify::new(),
             secret_memory: secretmem::SecretRegion::available(),
         }
+    }
+
+    /// Sets the target fill level (at least the low watermark, at most the capacity).
+    pub fn with_high_watermark(mut self, high: usize) -> Self {
+        self.high_watermark = high.clamp(self.low_watermark, self.capacity);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -381,7 +403,7 @@ impl Pool {
             let wanted = dst.len();
             if available == 0 || (exact && available < wanted) {
                 drop(g);
-                self.refill.notify_one();
+                self.record_unmet(wanted);
                 return Err(PoolError::Insufficient { available, wanted });
             }
             let n = wanted.min(available);
@@ -413,7 +435,7 @@ impl Pool {
             }
             debug_assert_eq!(filled, n);
             inner.total -= n;
-            below_watermark = inner.total - inner.fallback < self.low_watermark;
+            below_watermark = inner.total - inner.fallback < self.high_watermark;
         }
         self.served
             .fetch_add(by.iter().sum::<usize>() as u64, Ordering::Relaxed);
@@ -428,7 +450,36 @@ impl Pool {
         self.refill.notify_one();
     }
 
-    /// Resolves when the pool fell below its low watermark (or a consumer found it empty).
+    /// A consumer wanted `n` bytes the pool could not give: count them into the next pull and
+    /// wake the refill task. The largest unmet request counts (not the sum), so a consumer that
+    /// retries on every arrival cannot inflate the next pull; concurrent consumers are covered
+    /// by the high watermark.
+    fn record_unmet(&self, n: usize) {
+        self.unmet
+            .fetch_max(n.min(self.capacity), Ordering::Relaxed);
+        self.refill.notify_one();
+    }
+
+    /// How many bytes the refill task should fetch now (0: none). A refill starts when the
+    /// hub-delivered bytes fell below the low watermark, when at least `chunk` bytes are missing
+    /// from the high watermark, or when a consumer went unserved; it then asks for what tops the
+    /// pool up to the high watermark plus every unmet request, within the free space. Taking the
+    /// plan resets the unmet count.
+    pub fn refill_plan(&self, chunk: usize) -> usize {
+        let (hub, free) = {
+            let g = self.lock();
+            (g.total - g.fallback, self.capacity - g.total)
+        };
+        let missing = self.high_watermark.saturating_sub(hub);
+        let unmet = self.unmet.load(Ordering::Relaxed);
+        if unmet == 0 && hub >= self.low_watermark && missing < chunk.max(1) {
+            return 0;
+        }
+        let unmet = self.unmet.swap(0, Ordering::Relaxed);
+        missing.saturating_add(unmet).min(free)
+    }
+
+    /// Resolves when the pool fell below its high watermark (or a consumer went unserved).
     pub async fn refill_needed(&self) {
         self.refill.notified().await
     }

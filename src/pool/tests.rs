@@ -202,3 +202,34 @@ fn chunks_live_in_secret_memory_where_the_kernel_allows() {
     assert!(t.bytes.expose().iter().any(|&b| b != 0));
     assert!(pool.is_empty());
 }
+
+#[test]
+fn refill_plan_tops_up_to_the_high_watermark_and_counts_unmet_requests() {
+    let mut f = Fixture::new();
+    let pool = Pool::new(1 << 20, 1024).with_high_watermark(256 * 1024);
+    // Empty: below the low watermark, so fill to the high watermark.
+    assert_eq!(pool.refill_plan(64 * 1024), 256 * 1024);
+    for _ in 0..6 {
+        pool.admit(f.packet(32 * 1024, SourceKind::Qrng)).unwrap();
+    }
+    // 192 KiB held: 64 KiB missing is exactly one chunk, so top up.
+    assert_eq!(pool.refill_plan(64 * 1024), 64 * 1024);
+    pool.admit(f.packet(32 * 1024, SourceKind::Qrng)).unwrap();
+    // 224 KiB held: 32 KiB missing is less than a chunk and above the low watermark: no pull.
+    assert_eq!(pool.refill_plan(64 * 1024), 0);
+    // A 64 KiB request the pool cannot serve whole is counted into the next pull (the bug was
+    // that a pool "above the low watermark" never refilled for it).
+    let mut f2 = Fixture::new();
+    let small = Pool::new(1 << 20, 1024).with_high_watermark(32 * 1024);
+    small.admit(f2.packet(30 * 1024, SourceKind::Qrng)).unwrap();
+    assert_eq!(small.refill_plan(64 * 1024), 0);
+    assert!(small.take(64 * 1024, Want::Any).is_err());
+    assert_eq!(small.refill_plan(64 * 1024), 2 * 1024 + 64 * 1024);
+    // The plan is taken once.
+    assert_eq!(small.refill_plan(64 * 1024), 0);
+    // Never more than the free space; fallback bytes do not count as held.
+    let full = Pool::new(64 * 1024, 1024).with_high_watermark(1 << 20);
+    let mut h = SourceHealth::new(30, 8.0, Duration::from_secs(1));
+    full.fill_local(60 * 1024, &mut h).unwrap();
+    assert_eq!(full.refill_plan(1024), 4 * 1024);
+}

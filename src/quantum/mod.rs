@@ -193,6 +193,8 @@ async fn vrf_keygen_task(d: Arc<Daemon>, cfg: QuantumConfig, at_rest: AtRestKey)
             let Ok(taken) = d.pool.take(vrf::SECRET_KEY_BYTES, Want::Only(class)) else {
                 continue;
             };
+            d.metrics
+                .served(crate::pool::Consumer::Keys.as_str(), taken.bytes.len());
             match make_vrf_key(&cfg, &at_rest, taken.bytes) {
                 Ok(k) => {
                     tracing::info!(

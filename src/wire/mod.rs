@@ -315,8 +315,22 @@ impl Packet {
 
     /// The signed prefix: every field before the signature length.
     pub fn encode_unsigned(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        // Reserved up front for every field and the largest signature, so the buffer never
+        // reallocates: a reallocation would free a copy of the entropy without zeroing it.
+        let provenance: usize = self
+            .provenance
+            .iter()
+            .map(|s| 1 + 1 + s.id.len() + 4 + 32 + 2 + s.node_signature.len())
+            .sum();
         let mut out = zeroize::Zeroizing::new(Vec::with_capacity(
-            FIXED_HEADER + 256 + self.entropy.len() + self.proof.len() + MAX_SIGNATURE_BYTES,
+            FIXED_HEADER
+                + self.recipient.len()
+                + provenance
+                + 8
+                + self.entropy.len()
+                + self.proof.len()
+                + 2
+                + MAX_SIGNATURE_BYTES,
         ));
         let mut w = Writer(&mut out);
         w.bytes(&MAGIC);

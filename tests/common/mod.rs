@@ -53,8 +53,14 @@ impl Fleet {
         self.daemon_config_trust(with_hub, "", extra)
     }
 
-    /// Like [`Self::daemon_config`], with `trust` lines added to the `[trust]` table.
+    /// Like [`Self::daemon_config`], with `trust` lines added to the `[trust]` table. The
+    /// daemon keeps its replay journal in `kirqd.replay` unless `trust` names another.
     pub fn daemon_config_trust(&self, with_hub: bool, trust: &str, extra: &str) -> PathBuf {
+        let trust = if trust.contains("replay_state_file") {
+            trust.to_owned()
+        } else {
+            format!("replay_state_file = \"kirqd.replay\"\n{trust}")
+        };
         let hubs = if with_hub {
             format!("[[hubs]]\nurl = \"https://localhost:{}\"\n", self.hub_port)
         } else {

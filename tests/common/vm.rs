@@ -129,6 +129,7 @@ pub async fn prepare(dir: &Path, g: Guest) -> PathBuf {
         r#"id = "{id}"
 [trust]
 hub_keys = ["hub-signing.pub"]
+replay_state_file = "replay.state"
 [receive]
 listen = "{listen}"
 cert = "demo-kirqd.crt"

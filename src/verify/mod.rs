@@ -11,6 +11,8 @@
 //! that constructs one; [`crate::pool::Pool::admit`] requires it, so skipping a check does not
 //! compile.
 
+pub mod journal;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -40,6 +42,10 @@ pub enum Reject {
     IssuedInFuture,
     #[error("nonce already seen (replay)")]
     Replayed,
+    #[error("packet issued before this daemon started (replay floor; no trust.replay_state_file)")]
+    IssuedBeforeStart,
+    #[error("cannot record the nonce in the replay state file")]
+    ReplayState(#[source] std::io::Error),
     #[error("replay cache full; refusing packets until entries expire")]
     ReplayCacheFull,
     #[error("packet signed by an unknown key {0}")]
@@ -71,6 +77,8 @@ impl Reject {
             Self::Expired => "expired",
             Self::IssuedInFuture => "issued_in_future",
             Self::Replayed => "replayed",
+            Self::IssuedBeforeStart => "issued_before_start",
+            Self::ReplayState(_) => "replay_state_failed",
             Self::ReplayCacheFull => "replay_cache_full",
             Self::UnknownKey(_) => "unknown_key",
             Self::BadSignature => "bad_signature",
@@ -95,6 +103,8 @@ impl Reject {
         "expired",
         "issued_in_future",
         "replayed",
+        "issued_before_start",
+        "replay_state_failed",
         "replay_cache_full",
         "unknown_key",
         "bad_signature",
@@ -158,10 +168,17 @@ pub struct Policy {
     pub alpha_exp: u32,
 }
 
+/// A verified packet whose nonce is not yet durable in the replay journal. [`Verifier::sync`]
+/// turns a batch of these into [`VerifiedPacket`]s with one `fdatasync`.
+#[derive(Debug)]
+pub struct Unsynced(VerifiedPacket);
+
 #[derive(Default)]
 struct ReplayCache {
     seen: HashMap<[u8; 16], u64>,
     order: VecDeque<([u8; 16], u64)>,
+    /// The nonces on disk (see [`journal`]); `None` when the daemon keeps no replay state.
+    journal: Option<journal::Journal>,
 }
 
 impl ReplayCache {
@@ -184,6 +201,9 @@ pub struct Verifier {
     /// Trusted decentralized nodes by id.
     nodes: RwLock<Arc<HashMap<String, VerifyingKey>>>,
     replay: Mutex<ReplayCache>,
+    /// Packets issued before this (Unix ms) are refused: the replay floor of a daemon that keeps
+    /// no replay journal (0 = none).
+    floor_ms: u64,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -201,9 +221,39 @@ impl Verifier {
             keys: RwLock::new(Arc::new(HashMap::new())),
             nodes: RwLock::new(Arc::new(HashMap::new())),
             replay: Mutex::new(ReplayCache::default()),
+            floor_ms: 0,
         };
         v.set_trusted_keys(trusted);
         v
+    }
+
+    /// Keeps the replay cache in the journal at `path` across restarts: the live nonces it
+    /// holds are loaded now, and every admitted nonce is synced to it before admission.
+    pub fn with_replay_journal(
+        self,
+        path: &std::path::Path,
+        now_ms: u64,
+    ) -> Result<Self, journal::JournalError> {
+        let (j, live) = journal::Journal::open(path, now_ms, self.policy.max_skew_ms)?;
+        {
+            let mut cache = self.replay();
+            for (nonce, exp) in live {
+                if cache.seen.insert(nonce, exp).is_none() {
+                    cache.order.push_back((nonce, exp));
+                }
+            }
+            // Records are in admission order, expiries nearly so; prune expects them sorted.
+            cache.order.make_contiguous().sort_by_key(|&(_, exp)| exp);
+            cache.journal = Some(j);
+        }
+        Ok(self)
+    }
+
+    /// Without a journal: refuses every packet issued before `floor_ms` (the daemon's start plus
+    /// the allowed clock skew), so none admitted before a restart can be admitted after it.
+    pub fn with_replay_floor(mut self, floor_ms: u64) -> Self {
+        self.floor_ms = floor_ms;
+        self
     }
 
     pub fn policy(&self) -> &Policy {
@@ -261,8 +311,26 @@ impl Verifier {
         self.replay.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs every check on one encoded packet at time `now_ms` (Unix milliseconds).
+    /// Runs every check on one encoded packet at time `now_ms` (Unix milliseconds) and makes
+    /// its nonce durable.
     pub fn verify(&self, bytes: &[u8], now_ms: u64) -> Result<VerifiedPacket, Reject> {
+        let u = self.verify_unsynced(bytes, now_ms)?;
+        Ok(self.sync(vec![u])?.pop().expect("one packet in, one out"))
+    }
+
+    /// Makes the nonces of `batch` durable in the replay journal (one `fdatasync`); only then
+    /// may their entropy be admitted. On an I/O error the whole batch is refused (its nonces stay
+    /// remembered, so a resend is refused too).
+    pub fn sync(&self, batch: Vec<Unsynced>) -> Result<Vec<VerifiedPacket>, Reject> {
+        if let Some(j) = self.replay().journal.as_mut() {
+            j.sync().map_err(Reject::ReplayState)?;
+        }
+        Ok(batch.into_iter().map(|u| u.0).collect())
+    }
+
+    /// Every check of [`Self::verify`]; the nonce is recorded (in memory and appended to the
+    /// journal) but not yet synced.
+    pub fn verify_unsynced(&self, bytes: &[u8], now_ms: u64) -> Result<Unsynced, Reject> {
         let p = &self.policy;
         let decoded = Packet::decode(bytes)?;
         let pkt = decoded.packet;
@@ -274,6 +342,9 @@ impl Verifier {
         }
         if pkt.issued_at_ms > now_ms.saturating_add(p.max_skew_ms) {
             return Err(Reject::IssuedInFuture);
+        }
+        if pkt.issued_at_ms < self.floor_ms {
+            return Err(Reject::IssuedBeforeStart);
         }
         {
             let mut cache = self.replay();
@@ -335,16 +406,28 @@ impl Verifier {
             }
             debug_assert!(pkt.expires_at_ms - pkt.issued_at_ms <= MAX_LIFETIME_MS);
             cache.order.push_back((pkt.nonce, pkt.expires_at_ms));
+            let live = cache.order.len();
+            let ReplayCache { order, journal, .. } = &mut *cache;
+            if let Some(j) = journal.as_mut() {
+                // On failure the nonce stays remembered in memory: refusing it again is safe.
+                j.append(&pkt.nonce, pkt.expires_at_ms)
+                    .map_err(Reject::ReplayState)?;
+                if j.wants_compaction(live) {
+                    if let Err(e) = j.compact(&mut order.iter().copied()) {
+                        tracing::warn!(error = %e, file = %j.path().display(), "replay journal compaction failed");
+                    }
+                }
+            }
         }
         let class = pkt.provenance_class();
-        Ok(VerifiedPacket {
+        Ok(Unsynced(VerifiedPacket {
             entropy: pkt.entropy,
             class,
             key_id: pkt.key_id,
             nonce: pkt.nonce,
             sequence: pkt.sequence,
             provenance: pkt.provenance,
-        })
+        }))
     }
 
     /// Nonces currently remembered (for stats).
