@@ -349,6 +349,42 @@ mod tests {
         assert_eq!(credit_bits(&[0; 5], 8, true, false), 0);
     }
 
+    /// Honest credit: bytes the daemon drew from this kernel itself (fallback fills, and the
+    /// fallback segment restored from the sealed pool after a restart) are never credited back to
+    /// it, whatever the fallback flag says now; hub-delivered bytes are.
+    #[test]
+    fn restored_fallback_segments_and_fallback_fills_are_never_credited() {
+        use crate::device::testing::{fill, local_daemon};
+        use crate::pool::persist::{PoolKey, SealedFile};
+        use crate::secret::SecretBytes;
+
+        let (dir, d) = local_daemon();
+        assert_eq!(fill(&d, 100), 100);
+        let mut segments = d.pool.drain_for_seal();
+        assert_eq!(segments[crate::pool::persist::SEGMENTS - 1].len(), 100);
+        // Bytes a hub delivered: 50 of class local (a hub on another machine), 10 qrng.
+        segments[Provenance::Local as usize] = SecretBytes::new(vec![1; 50]);
+        segments[Provenance::Qrng as usize] = SecretBytes::new(vec![2; 10]);
+        let file = SealedFile::new(dir.path().join("pool.sealed"));
+        let key = PoolKey::from_bytes([7; 32]);
+        file.save(&key, &segments).expect("seal");
+        let unsealed = file.take(&key).expect("unseal").expect("a sealed pool");
+        assert_eq!(d.pool.restore(unsealed), 160);
+        assert_eq!(fill(&d, 40), 40);
+        // The fallback has ended (or never began in this run) but its bytes are still here.
+        assert!(!d.fallback_active());
+        let mut buf = vec![0u8; 200];
+        let by = d
+            .pool
+            .take_into(&mut buf, Want::Any, true)
+            .expect("200 bytes");
+        assert_eq!(
+            credit_bits(&by, 8, true, d.fallback_active()),
+            (50 + 10) * 8,
+            "only the hub's 60 bytes may be credited"
+        );
+    }
+
     #[test]
     fn budget_per_minute() {
         let t = Instant::now();
