@@ -1,5 +1,5 @@
 //! The kernel feeder against the host's /dev/random: RNDADDENTROPY and RNDRESEEDCRNG succeed as
-//! root; without CAP_SYS_ADMIN the error names the capability.
+//! root; without CAP_SYS_ADMIN the error names the capability and no pool byte is lost.
 
 mod common;
 
@@ -47,6 +47,13 @@ fn without_cap_sys_admin_the_error_says_so() {
             Err(e @ FeedError::NotPermitted { .. }) => println!("ERROR: {e}"),
             other => panic!("expected NotPermitted, got {other:?}"),
         }
+        // A refused feed costs the pool nothing: the kernel is asked before bytes are taken.
+        let (_dir, d) = local_daemon();
+        fill(&d, 64);
+        let r = f.feed_from_pool(&d, &KernelFeedConfig::default(), 64, false);
+        assert!(matches!(r, Err(FeedError::NotPermitted { .. })), "{r:?}");
+        assert_eq!(d.pool.len(), 64, "a refused feed took pool bytes");
+        println!("POOL KEPT");
         return;
     }
     common::need_program("setpriv", "util-linux");
@@ -70,7 +77,8 @@ fn without_cap_sys_admin_the_error_says_so() {
     );
     assert!(
         text.contains("RNDADDENTROPY on /dev/random was refused")
-            && text.contains("needs CAP_SYS_ADMIN"),
+            && text.contains("needs CAP_SYS_ADMIN")
+            && text.contains("POOL KEPT"),
         "{text}"
     );
 }

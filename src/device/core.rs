@@ -202,7 +202,7 @@ impl DeviceCore {
         let n = dst.len().min(allow).min(MAX_READ);
         match self.daemon.pool.take_into(&mut dst[..n], Want::Any, false) {
             Ok(by) => {
-                let got: usize = by.iter().sum();
+                let got = by.total();
                 self.spend(fh, got);
                 self.served_bytes.inc_by(got as u64);
                 self.reads_ok.inc();
