@@ -153,7 +153,7 @@ impl Server {
                         }
                     }) as Box<dyn FnOnce() + Send>
                 });
-                let revents = if self.core.poll(wake) {
+                let revents = if self.core.poll(p.fh, p.kh, wake) {
                     POLLIN & p.events
                 } else {
                     0
