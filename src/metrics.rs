@@ -45,6 +45,7 @@ pub struct DaemonMetrics {
     pub fallback_active: Gauge,
     pub hub_last_packet_age: Gauge<f64, AtomicU64>,
     pub tls_handshake_failures: Counter,
+    pub tls_connections_refused: Family<Label1, Counter>,
     pub http_rejected: Family<Label1, Counter>,
     /// `entropy_requests_total{consumer="http",outcome="ok"}`, resolved once for the hot path.
     pub http_ok: Counter,
@@ -69,6 +70,7 @@ impl DaemonMetrics {
             fallback_active: Gauge::default(),
             hub_last_packet_age: Gauge::default(),
             tls_handshake_failures: Counter::default(),
+            tls_connections_refused: Family::default(),
             http_rejected: Family::default(),
             http_ok: Counter::default(),
             http_served: Counter::default(),
@@ -133,6 +135,7 @@ impl DaemonMetrics {
             "TLS handshakes refused or timed out on the packet listener",
             m.tls_handshake_failures.clone(),
         );
+        register_refusals(&mut registry, "packet", &m.tls_connections_refused);
         registry.register(
             "kirq_http_rejected",
             "HTTP API requests refused, by reason",
@@ -241,6 +244,12 @@ impl crate::tls::HandshakeObserver for DaemonMetrics {
     fn handshake_failed(&self) {
         self.tls_handshake_failures.inc();
     }
+
+    fn connection_refused(&self, reason: &'static str) {
+        self.tls_connections_refused
+            .get_or_create(&l1("reason", reason))
+            .inc();
+    }
 }
 
 /// Everything kirq-hub exports.
@@ -253,6 +262,7 @@ pub struct HubMetrics {
     pub source_quality: Family<Label1, Gauge<f64, AtomicU64>>,
     pub source_failures: Family<Label2, Counter>,
     pub tls_handshake_failures: Counter,
+    pub tls_connections_refused: Family<Label1, Counter>,
 }
 
 impl HubMetrics {
@@ -266,6 +276,7 @@ impl HubMetrics {
             source_quality: Family::default(),
             source_failures: Family::default(),
             tls_handshake_failures: Counter::default(),
+            tls_connections_refused: Family::default(),
         };
         registry.register(
             "kirq_hub_packets_built",
@@ -297,6 +308,7 @@ impl HubMetrics {
             "TLS handshakes refused or timed out on the pull listener",
             m.tls_handshake_failures.clone(),
         );
+        register_refusals(&mut registry, "pull", &m.tls_connections_refused);
         Self { registry, ..m }
     }
 
@@ -333,5 +345,31 @@ impl Default for HubMetrics {
 impl crate::tls::HandshakeObserver for HubMetrics {
     fn handshake_failed(&self) {
         self.tls_handshake_failures.inc();
+    }
+
+    fn connection_refused(&self, reason: &'static str) {
+        self.tls_connections_refused
+            .get_or_create(&l1("reason", reason))
+            .inc();
+    }
+}
+
+/// Registers `kirq_tls_connections_refused` (connections a mutual-TLS listener closed before
+/// their handshake) with every reason present from the start.
+pub fn register_refusals(
+    registry: &mut Registry,
+    listener: &str,
+    family: &Family<Label1, Counter>,
+) {
+    registry.register(
+        "kirq_tls_connections_refused",
+        format!(
+            "Connections the {listener} listener closed before their TLS handshake (over a \
+             connection cap, or accept failed), by reason"
+        ),
+        family.clone(),
+    );
+    for r in crate::tls::REFUSAL_REASONS {
+        let _ = family.get_or_create(&l1("reason", r));
     }
 }

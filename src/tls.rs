@@ -4,11 +4,21 @@
 //! [`serve_mtls`] is the one accept loop: it completes the handshake (requiring a client
 //! certificate from the configured CA), then serves an axum router over HTTP/1.1, handing each
 //! request the peer's certificate as a [`PeerCert`] extension.
+//!
+//! A stranger needs no certificate to open TCP connections, so the loop bounds what they can
+//! hold before proving anything ([`ListenerLimits`]): connections per listener (a quarter of the
+//! process's descriptors, so one listener's flood never starves the others or the HTTP shim),
+//! connections per peer address (an IPv6 peer is its /64), handshakes in flight (a semaphore) and
+//! the time to finish one (3 s from accept). A connection over a cap is accepted and closed at
+//! once, so it costs a descriptor for microseconds, not for the handshake timeout; each refusal
+//! is counted ([`HandshakeObserver::connection_refused`]) and logged at most every 10 s.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rustls::crypto::CryptoProvider;
 use rustls::crypto::aws_lc_rs::{self, kx_group};
@@ -160,52 +170,268 @@ pub struct PeerCert(pub Arc<CertificateDer<'static>>);
 /// Counters the accept loop reports to.
 pub trait HandshakeObserver: Send + Sync + 'static {
     fn handshake_failed(&self);
+    /// A connection closed before its handshake began: `reason` is one of
+    /// [`REFUSAL_REASONS`].
+    fn connection_refused(&self, reason: &'static str);
 }
 
-/// Accepts TLS connections on `listener` and serves `router` on each, until the task is dropped.
+/// Why the accept loop closed a connection at once (metric label values).
+pub const REFUSAL_REASONS: [&str; 3] = ["listener_full", "peer_limit", "accept_failed"];
+
+/// What one listener lets unauthenticated peers hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Connections open at once on this listener (handshaking or serving).
+    pub max_connections: usize,
+    /// Connections open at once from one peer address (an IPv6 /64).
+    pub per_peer: usize,
+    /// TLS handshakes in progress at once; the others wait, within their deadline.
+    pub max_handshakes: usize,
+    /// From accept to a finished handshake, waiting for a handshake slot included.
+    pub handshake_timeout: Duration,
+}
+
+impl ListenerLimits {
+    /// Limits for a process allowed `open_files` descriptors: a quarter of them per listener.
+    pub fn for_open_files(open_files: u64) -> Self {
+        let max_connections = usize::try_from(open_files / 4)
+            .unwrap_or(usize::MAX)
+            .clamp(16, 16_384);
+        Self {
+            max_connections,
+            per_peer: max_connections.min(32),
+            max_handshakes: max_connections.min(64),
+            handshake_timeout: Duration::from_secs(3),
+        }
+    }
+
+    /// Limits for this process's current soft `RLIMIT_NOFILE`.
+    pub fn for_this_process() -> Self {
+        Self::for_open_files(crate::util::open_file_limit())
+    }
+}
+
+/// The key a peer's connections are counted under: its IPv4 address, or its IPv6 /64 (one
+/// subscriber's allocation).
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+/// Connections open on one listener, in total and per peer.
+#[derive(Debug)]
+struct Gate {
+    limits: ListenerLimits,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One admitted connection; dropping it frees its place.
+#[derive(Debug)]
+struct Slot {
+    gate: Arc<Gate>,
+    peer: IpAddr,
+}
+
+impl Gate {
+    fn new(limits: ListenerLimits) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            open: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, HashMap<IpAddr, usize>)> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A place for a connection from `ip`, or the refusal reason.
+    fn enter(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, &'static str> {
+        let peer = peer_key(ip);
+        let mut g = self.lock();
+        let (total, peers) = &mut *g;
+        if *total >= self.limits.max_connections {
+            return Err("listener_full");
+        }
+        let n = peers.entry(peer).or_insert(0);
+        if *n >= self.limits.per_peer {
+            return Err("peer_limit");
+        }
+        *n += 1;
+        *total += 1;
+        Ok(Slot {
+            gate: self.clone(),
+            peer,
+        })
+    }
+
+    fn open_connections(&self) -> usize {
+        self.lock().0
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut g = self.gate.lock();
+        let (total, peers) = &mut *g;
+        *total -= 1;
+        if let Some(n) = peers.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                peers.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// Lets one log line through per interval and counts the ones held back.
+#[derive(Debug)]
+struct Quiet {
+    interval: Duration,
+    last: Mutex<Option<Instant>>,
+    held_back: AtomicU64,
+}
+
+impl Quiet {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: Mutex::new(None),
+            held_back: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when a line may be logged now.
+    fn ready(&self) -> Option<u64> {
+        let now = Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| now.duration_since(t) < self.interval) {
+            self.held_back.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.held_back.swap(0, Ordering::Relaxed))
+    }
+}
+
+/// What the accept loop and its connection tasks share.
+struct Listener {
+    acceptor: tokio_rustls::TlsAcceptor,
+    router: axum::Router,
+    observer: Arc<dyn HandshakeObserver>,
+    limits: ListenerLimits,
+    handshakes: Arc<tokio::sync::Semaphore>,
+    refused_log: Quiet,
+    failed_log: Quiet,
+}
+
+/// Accepts TLS connections on `listener` and serves `router` on each, until the task is dropped,
+/// within [`ListenerLimits::for_this_process`].
 pub async fn serve_mtls(
     listener: tokio::net::TcpListener,
     config: Arc<ServerConfig>,
     router: axum::Router,
     observer: Arc<dyn HandshakeObserver>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let limits = ListenerLimits::for_this_process();
+    serve_mtls_within(listener, config, router, observer, limits).await;
+}
+
+/// [`serve_mtls`] with explicit limits.
+pub async fn serve_mtls_within(
+    listener: tokio::net::TcpListener,
+    config: Arc<ServerConfig>,
+    router: axum::Router,
+    observer: Arc<dyn HandshakeObserver>,
+    limits: ListenerLimits,
+) {
+    let local = listener.local_addr().ok();
+    tracing::debug!(
+        listen = ?local,
+        max_connections = limits.max_connections,
+        per_peer = limits.per_peer,
+        max_handshakes = limits.max_handshakes,
+        handshake_timeout_ms = limits.handshake_timeout.as_millis(),
+        "mutual-TLS listener limits"
+    );
+    let gate = Gate::new(limits);
+    let shared = Arc::new(Listener {
+        acceptor: tokio_rustls::TlsAcceptor::from(config),
+        router,
+        observer,
+        limits,
+        handshakes: Arc::new(tokio::sync::Semaphore::new(limits.max_handshakes)),
+        refused_log: Quiet::new(Duration::from_secs(10)),
+        failed_log: Quiet::new(Duration::from_secs(10)),
+    });
     loop {
         let (tcp, addr) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                shared.observer.connection_refused("accept_failed");
+                if let Some(held_back) = shared.refused_log.ready() {
+                    tracing::warn!(listen = ?local, error = %e, held_back, "accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        let observer = observer.clone();
+        let slot = match gate.enter(addr.ip()) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                // Closed at once: the descriptor is back before the next accept.
+                drop(tcp);
+                shared.observer.connection_refused(reason);
+                if let Some(held_back) = shared.refused_log.ready() {
+                    tracing::warn!(
+                        listen = ?local,
+                        peer = %addr.ip(),
+                        reason,
+                        open = gate.open_connections(),
+                        held_back,
+                        "connection refused before its handshake"
+                    );
+                }
+                continue;
+            }
+        };
+        let shared = shared.clone();
         tokio::spawn(async move {
-            serve_one(acceptor, tcp, addr, router, observer).await;
+            serve_one(&shared, tcp, addr).await;
+            drop(slot);
         });
     }
 }
 
-async fn serve_one(
-    acceptor: tokio_rustls::TlsAcceptor,
-    tcp: tokio::net::TcpStream,
-    addr: SocketAddr,
-    router: axum::Router,
-    observer: Arc<dyn HandshakeObserver>,
-) {
+async fn serve_one(l: &Listener, tcp: tokio::net::TcpStream, addr: SocketAddr) {
     let _ = tcp.set_nodelay(true);
-    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+    let deadline = tokio::time::Instant::now() + l.limits.handshake_timeout;
+    let handshake = async {
+        let _permit = l
+            .handshakes
+            .acquire()
+            .await
+            .expect("the handshake semaphore is never closed");
+        l.acceptor.accept(tcp).await
+    };
+    let tls = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            observer.handshake_failed();
-            tracing::info!(peer = %addr, error = %e, "TLS handshake refused");
+            l.observer.handshake_failed();
+            if let Some(held_back) = l.failed_log.ready() {
+                tracing::info!(peer = %addr, error = %e, held_back, "TLS handshake refused");
+            }
             return;
         }
         Err(_) => {
-            observer.handshake_failed();
-            tracing::info!(peer = %addr, "TLS handshake timed out");
+            l.observer.handshake_failed();
+            if let Some(held_back) = l.failed_log.ready() {
+                tracing::info!(peer = %addr, held_back, "TLS handshake timed out");
+            }
             return;
         }
     };
@@ -214,10 +440,13 @@ async fn serve_one(
     tracing::debug!(peer = %addr, kx = ?group, "TLS session established");
     let Some(cert) = conn.peer_certificates().and_then(|c| c.first()).cloned() else {
         // Unreachable with a mandatory client verifier; refuse rather than serve anonymously.
-        observer.handshake_failed();
+        l.observer.handshake_failed();
         return;
     };
-    let router = router.layer(axum::Extension(PeerCert(Arc::new(cert))));
+    let router = l
+        .router
+        .clone()
+        .layer(axum::Extension(PeerCert(Arc::new(cert))));
     let service = hyper_util::service::TowerToHyperService::new(router);
     let io = hyper_util::rt::TokioIo::new(tls);
     if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -240,4 +469,91 @@ pub fn cert_names(cert: &CertificateDer<'_>, name: &str) -> bool {
         return false;
     };
     ee.verify_is_valid_for_subject_name(&server_name).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_connections: usize, per_peer: usize) -> ListenerLimits {
+        ListenerLimits {
+            max_connections,
+            per_peer,
+            max_handshakes: 1,
+            handshake_timeout: Duration::from_secs(3),
+        }
+    }
+
+    #[test]
+    fn a_peer_gets_its_share_and_the_listener_a_bound() {
+        let gate = Gate::new(limits(5, 2));
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.3".parse().unwrap();
+        let a1 = gate.enter(a).unwrap();
+        let _a2 = gate.enter(a).unwrap();
+        assert_eq!(gate.enter(a).unwrap_err(), "peer_limit");
+        let _b = [gate.enter(b).unwrap(), gate.enter(b).unwrap()];
+        let _c = gate.enter("10.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(
+            gate.enter("10.0.0.2".parse().unwrap()).unwrap_err(),
+            "listener_full"
+        );
+        // A closed connection frees its place, for its peer and the listener.
+        drop(a1);
+        assert_eq!(gate.open_connections(), 4);
+        let _a3 = gate.enter(a).unwrap();
+        assert_eq!(gate.enter(a).unwrap_err(), "listener_full");
+    }
+
+    #[test]
+    fn an_ipv6_peer_is_its_64_and_mapped_ipv4_is_ipv4() {
+        let gate = Gate::new(limits(100, 2));
+        let _x = gate.enter("2001:db8:1:2::1".parse().unwrap()).unwrap();
+        let _y = gate.enter("2001:db8:1:2:ffff::9".parse().unwrap()).unwrap();
+        assert_eq!(
+            gate.enter("2001:db8:1:2:abcd::1".parse().unwrap())
+                .unwrap_err(),
+            "peer_limit"
+        );
+        assert!(gate.enter("2001:db8:1:3::1".parse().unwrap()).is_ok());
+        let _v4 = [
+            gate.enter("192.0.2.1".parse().unwrap()).unwrap(),
+            gate.enter("::ffff:192.0.2.1".parse().unwrap()).unwrap(),
+        ];
+        assert_eq!(
+            gate.enter("192.0.2.1".parse().unwrap()).unwrap_err(),
+            "peer_limit"
+        );
+        drop(_v4);
+        assert_eq!(
+            gate.lock().1.len(),
+            1,
+            "peers with no connection are forgotten"
+        );
+    }
+
+    #[test]
+    fn limits_follow_the_descriptor_limit() {
+        let l = ListenerLimits::for_open_files(1024);
+        assert_eq!(
+            (l.max_connections, l.per_peer, l.max_handshakes),
+            (256, 32, 64)
+        );
+        assert_eq!(l.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(ListenerLimits::for_open_files(20).max_connections, 16);
+        assert_eq!(
+            ListenerLimits::for_open_files(u64::MAX).max_connections,
+            16_384
+        );
+    }
+
+    #[test]
+    fn quiet_lets_one_line_through_per_interval() {
+        let q = Quiet::new(Duration::from_secs(3600));
+        assert_eq!(q.ready(), Some(0));
+        assert_eq!(q.ready(), None);
+        assert_eq!(q.ready(), None);
+        *q.last.lock().unwrap() = Some(Instant::now() - Duration::from_secs(3601));
+        assert_eq!(q.ready(), Some(2));
+    }
 }

@@ -1,4 +1,4 @@
-//! Small helpers shared by the hub and the daemon: clocks and timestamps.
+//! Small helpers shared by the hub and the daemon: clocks, timestamps, logging, process limits.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -40,6 +40,45 @@ pub fn exit_with(result: anyhow::Result<()>) -> std::process::ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Most descriptors asked for when the hard limit is unlimited (the kernel's default `nr_open`).
+const MAX_OPEN_FILES: u64 = 1 << 20;
+
+/// This process's soft `RLIMIT_NOFILE` (1024, the usual default, when it cannot be read).
+pub fn open_file_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft)
+}
+
+/// Raises the soft open-file limit to the hard one and logs what it is. A server holds one
+/// descriptor per connection, and systemd's default soft limit (1024) is a few hundred idle
+/// strangers away; the units set `LimitNOFILE=` themselves (and forbid `setrlimit`), so under
+/// systemd there is usually nothing to raise. Returns the soft limit now in force.
+pub fn raise_open_file_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open file limit");
+            return open_file_limit();
+        }
+    };
+    let target = hard.min(MAX_OPEN_FILES);
+    if soft >= target {
+        tracing::info!(soft, hard, "open file limit");
+        return soft;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+        Ok(()) => {
+            tracing::info!(from = soft, to = target, hard, "open file limit raised");
+            target
+        }
+        Err(e) => {
+            tracing::warn!(soft, hard, error = %e, "cannot raise the open file limit");
+            soft
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The kernel feeder against the host's /dev/random: RNDADDENTROPY and RNDRESEEDCRNG succeed as
-//! root; without CAP_SYS_ADMIN the error names the capability.
+//! root; without CAP_SYS_ADMIN the error names the capability and no pool byte is lost.
 
 mod common;
 
@@ -47,6 +47,13 @@ fn without_cap_sys_admin_the_error_says_so() {
             Err(e @ FeedError::NotPermitted { .. }) => println!("ERROR: {e}"),
             other => panic!("expected NotPermitted, got {other:?}"),
         }
+        // A refused feed costs the pool nothing: the kernel is asked before bytes are taken.
+        let (_dir, d) = local_daemon();
+        fill(&d, 64);
+        let r = f.feed_from_pool(&d, &KernelFeedConfig::default(), 64, false);
+        assert!(matches!(r, Err(FeedError::NotPermitted { .. })), "{r:?}");
+        assert_eq!(d.pool.len(), 64, "a refused feed took pool bytes");
+        println!("POOL KEPT");
         return;
     }
     common::need_program("setpriv", "util-linux");
@@ -70,7 +77,8 @@ fn without_cap_sys_admin_the_error_says_so() {
     );
     assert!(
         text.contains("RNDADDENTROPY on /dev/random was refused")
-            && text.contains("needs CAP_SYS_ADMIN"),
+            && text.contains("needs CAP_SYS_ADMIN")
+            && text.contains("POOL KEPT"),
         "{text}"
     );
 }
@@ -157,4 +165,109 @@ enabled = true
         "{health}"
     );
     assert_eq!(health["device"]["mode"], "off", "{health}");
+}
+
+/// The kernel feeder never throws entropy away: kirqd with the feeder on but without
+/// CAP_SYS_ADMIN (dropped from its bounding and inheritable sets by setpriv), while a hub
+/// delivers, says why the feeder is off, takes no byte for the kernel, keeps its pool, and does
+/// not repeat the error in a loop.
+#[test]
+fn without_cap_sys_admin_the_feeder_takes_no_bytes_and_says_why() {
+    use common::*;
+    use std::time::Duration;
+
+    need_program("setpriv", "util-linux");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "run as root: the test drops CAP_SYS_ADMIN from a root kirqd"
+    );
+    let f = Fleet::new();
+    let config = f.daemon_config(
+        true,
+        "[fallback]\nenabled = false\n[device]\nmode = \"off\"\n[kernel]\nenabled = true\n",
+    );
+    let d = Proc::spawn(
+        "setpriv",
+        &[
+            "--inh-caps=-sys_admin",
+            "--bounding-set=-sys_admin",
+            "--",
+            env!("CARGO_BIN_EXE_kirqd"),
+            "run",
+            "--config",
+            config.to_str().expect("utf-8 path"),
+        ],
+        &f.path("kirqd.log"),
+        &[],
+    );
+    wait_for(Duration::from_secs(20), "kirqd HTTP shim", || {
+        reqwest::blocking::get(f.http("/api/rng/health")).is_ok()
+    });
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.child.id()))
+        .expect("kirqd's /proc status");
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .expect("CapEff");
+    assert_eq!(
+        cap_eff & (1 << 21),
+        0,
+        "setpriv left CAP_SYS_ADMIN: {status}"
+    );
+    let _h = hub(&f, &f.hub_config(true), &[]);
+    wait_for(Duration::from_secs(20), "packets from the hub", || {
+        get_json(&f.http("/api/rng/stats"))["packets_accepted"].as_u64() >= Some(5)
+    });
+    // A few more seconds of deliveries for a spinning feeder to show itself.
+    std::thread::sleep(Duration::from_secs(3));
+    let health = get_json(&f.http("/api/rng/health"));
+    let metrics = reqwest::blocking::get(f.http("/metrics"))
+        .expect("metrics")
+        .text()
+        .expect("metrics text");
+    let kernel_bytes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("entropy_served_bytes_total{consumer=\"kernel\"} "))
+        .map_or(0, |v| v.trim().parse().expect("a number"));
+    let log = d.log_text();
+    let repeats = log.matches("needs CAP_SYS_ADMIN").count();
+    let (held, admitted) = (
+        health["pool"]["total_bytes"].as_u64().expect("total_bytes"),
+        health["pool"]["admitted_bytes_total"]
+            .as_u64()
+            .expect("admitted"),
+    );
+    let summary = format!(
+        "feeder {}; kernel consumer bytes {kernel_bytes}; pool holds {held} of {admitted} \
+         admitted; the capability error logged {repeats} times",
+        health["kernel_feeder"]
+    );
+    println!("{summary}");
+    assert!(
+        matches!(
+            health["kernel_feeder"]["state"].as_str(),
+            Some("failed" | "off")
+        ),
+        "{summary}"
+    );
+    assert!(
+        health["kernel_feeder"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("CAP_SYS_ADMIN")),
+        "the feeder must say what to grant: {summary}"
+    );
+    assert_eq!(
+        kernel_bytes, 0,
+        "bytes taken for a kernel that refuses them: {summary}"
+    );
+    assert_eq!(health["kernel_feeder"]["bytes_fed_total"], 0, "{summary}");
+    assert!(
+        admitted > 0 && held == admitted,
+        "the pool was drained: {summary}"
+    );
+    assert_eq!(
+        repeats, 1,
+        "the error is logged once, not in a loop: {summary}"
+    );
 }

@@ -38,6 +38,7 @@ fn setup() -> Setup {
 struct Observer;
 impl tls::HandshakeObserver for Observer {
     fn handshake_failed(&self) {}
+    fn connection_refused(&self, _reason: &'static str) {}
 }
 
 /// Serves a one-route router with `server_cfg`; returns its port.

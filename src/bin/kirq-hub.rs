@@ -82,6 +82,9 @@ enum Cmd {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     kirq::util::init_logging(&cli.log);
+    if matches!(cli.cmd, Cmd::Run { .. } | Cmd::Node { check: false, .. }) {
+        kirq::util::raise_open_file_limit();
+    }
     let result = match cli.cmd {
         Cmd::Man { out } => {
             clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &out)

@@ -112,6 +112,9 @@ enum Cmd {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     kirq::util::init_logging(&cli.log);
+    if matches!(cli.cmd, Cmd::Run { .. } | Cmd::Demo { .. }) {
+        kirq::util::raise_open_file_limit();
+    }
     let result = match cli.cmd {
         Cmd::Run {
             config,

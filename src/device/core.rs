@@ -8,9 +8,13 @@
 //! is scarce each arrival goes to the reader that has waited longest and a reader that just got
 //! bytes queues behind the others. Each open file also has an optional token bucket
 //! (`device.rate_limit_bytes_per_second`). Poll wakeups are one-shot callbacks run on the next
-//! admission (the front end turns them into `FUSE_NOTIFY_POLL`).
+//! admission (the front end turns them into `FUSE_NOTIFY_POLL`). They are kept by the kernel's
+//! poll handle (one per open file), so polling again replaces a wakeup rather than adding one,
+//! and at most [`MAX_POLLERS`] are kept: a new handle beyond that wakes the oldest at once (a
+//! spurious wakeup only makes its poller ask again), so no reader can grow the daemon's memory
+//! and no poller is forgotten.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +35,9 @@ pub const RNDGETENTCNT: u32 = 0x8004_5200;
 pub const TCGETS: u32 = 0x5401;
 
 const CONSUMER: &str = "device";
+
+/// Most poll wakeups kept at once (each holds the front end's descriptor).
+pub const MAX_POLLERS: usize = 1024;
 
 /// Why a device operation failed; each maps to one errno.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -74,6 +81,51 @@ struct Bucket {
 
 type Waker = Box<dyn FnOnce() + Send>;
 
+/// Registered poll wakeups, by the kernel's poll handle, oldest first in `order`.
+#[derive(Default)]
+struct Pollers {
+    /// Poll handle → (registration number, open file, wakeup).
+    by_handle: HashMap<u64, (u64, u64, Waker)>,
+    /// Registration number → poll handle.
+    order: BTreeMap<u64, u64>,
+    next: u64,
+}
+
+impl Pollers {
+    /// Registers `wake` for handle `kh` of file `fh`, replacing that handle's earlier wakeup.
+    /// Returns the wakeup that had to make room (to be run), if any.
+    fn register(&mut self, fh: u64, kh: u64, wake: Waker) -> Option<Waker> {
+        let seq = self.next;
+        self.next += 1;
+        if let Some((old, _, _)) = self.by_handle.insert(kh, (seq, fh, wake)) {
+            self.order.remove(&old);
+        }
+        self.order.insert(seq, kh);
+        if self.by_handle.len() <= MAX_POLLERS {
+            return None;
+        }
+        let (_, oldest) = self.order.pop_first()?;
+        self.by_handle.remove(&oldest).map(|(_, _, w)| w)
+    }
+
+    /// Drops the wakeups of a released file (nobody polls it any more).
+    fn forget_file(&mut self, fh: u64) {
+        let order = &mut self.order;
+        self.by_handle.retain(|_, (seq, f, _)| {
+            let keep = *f != fh;
+            if !keep {
+                order.remove(seq);
+            }
+            keep
+        });
+    }
+
+    fn take_all(&mut self) -> Vec<Waker> {
+        self.order.clear();
+        self.by_handle.drain().map(|(_, (_, _, w))| w).collect()
+    }
+}
+
 /// The device's shared state. `Debug` shows counts only.
 pub struct DeviceCore {
     daemon: Arc<Daemon>,
@@ -85,7 +137,7 @@ pub struct DeviceCore {
     next_fh: AtomicU64,
     waiting: AtomicUsize,
     queue: tokio::sync::Mutex<()>,
-    pollers: Mutex<Vec<Waker>>,
+    pollers: Mutex<Pollers>,
 }
 
 impl std::fmt::Debug for DeviceCore {
@@ -93,6 +145,7 @@ impl std::fmt::Debug for DeviceCore {
         f.debug_struct("DeviceCore")
             .field("open_files", &lock(&self.files).len())
             .field("waiting", &self.waiting.load(Ordering::Relaxed))
+            .field("pollers", &self.pollers())
             .finish_non_exhaustive()
     }
 }
@@ -130,7 +183,7 @@ impl DeviceCore {
             next_fh: AtomicU64::new(1),
             waiting: AtomicUsize::new(0),
             queue: tokio::sync::Mutex::new(()),
-            pollers: Mutex::new(Vec::new()),
+            pollers: Mutex::new(Pollers::default()),
         })
     }
 
@@ -153,6 +206,7 @@ impl DeviceCore {
 
     pub fn release(&self, fh: u64) {
         lock(&self.files).remove(&fh);
+        lock(&self.pollers).forget_file(fh);
     }
 
     /// True while blocked readers are queued (a new blocking read queues behind them).
@@ -202,7 +256,7 @@ impl DeviceCore {
         let n = dst.len().min(allow).min(MAX_READ);
         match self.daemon.pool.take_into(&mut dst[..n], Want::Any, false) {
             Ok(by) => {
-                let got: usize = by.iter().sum();
+                let got = by.total();
                 self.spend(fh, got);
                 self.served_bytes.inc_by(got as u64);
                 self.reads_ok.inc();
@@ -321,18 +375,28 @@ impl DeviceCore {
         !self.daemon.pool.is_empty()
     }
 
-    /// Poll: registers `wake` for the next admission (when asked to), then reports readiness.
+    /// Poll on file `fh` with the kernel's poll handle `kh`: registers `wake` for the next
+    /// admission (when asked to), replacing the handle's earlier wakeup, then reports readiness.
     /// Registering first means an admission between the two steps still wakes the poller.
-    pub fn poll(&self, wake: Option<Waker>) -> bool {
+    pub fn poll(&self, fh: u64, kh: u64, wake: Option<Waker>) -> bool {
         if let Some(w) = wake {
-            lock(&self.pollers).push(w);
+            let evicted = lock(&self.pollers).register(fh, kh, w);
+            // Outside the lock: the oldest poller is told now and will simply poll again.
+            if let Some(w) = evicted {
+                w();
+            }
         }
         self.readable()
     }
 
+    /// Poll wakeups registered now (at most [`MAX_POLLERS`]).
+    pub fn pollers(&self) -> usize {
+        lock(&self.pollers).by_handle.len()
+    }
+
     /// Drops every registered poll wakeup (a front end is stopping; the wakeups hold its fd).
     pub fn clear_pollers(&self) {
-        lock(&self.pollers).clear();
+        drop(lock(&self.pollers).take_all());
     }
 
     /// Runs the registered poll wakeups after each admission. Runs until aborted.
@@ -342,7 +406,7 @@ impl DeviceCore {
             tokio::pin!(arrival);
             arrival.as_mut().enable();
             if self.readable() {
-                let wakers = std::mem::take(&mut *lock(&self.pollers));
+                let wakers = lock(&self.pollers).take_all();
                 for w in wakers {
                     w();
                 }
@@ -500,12 +564,72 @@ mod tests {
         let fh = core.open();
         core.try_read(fh, 100).ok();
         let (tx, rx) = std::sync::mpsc::channel();
-        assert!(!core.poll(Some(Box::new(move || tx.send(()).unwrap_or(())))));
+        assert!(!core.poll(fh, 1, Some(Box::new(move || tx.send(()).unwrap_or(())))));
         let notifier = tokio::spawn(core.clone().poll_notifier());
         fill(&d, 1);
         let woke = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(2)));
         assert!(woke.await.is_ok_and(|r| r.is_ok()));
-        assert!(core.poll(None));
+        assert!(core.poll(fh, 1, None));
         notifier.abort();
+    }
+
+    /// 100,000 polls on one handle keep one wakeup; on 100,000 handles at most MAX_POLLERS, the
+    /// rest woken as they made room; the live ones are woken by the next arrival, every handle
+    /// exactly once; a released file's wakeups go with it.
+    #[tokio::test]
+    async fn poll_wakeups_are_bounded_and_none_is_lost() {
+        use std::sync::atomic::AtomicU32;
+        let (_dir, d) = local_daemon();
+        let core = DeviceCore::new(d.clone(), 0);
+        let fh = core.open();
+        const N: u64 = 100_000;
+        let woken: Arc<Vec<AtomicU32>> = Arc::new((0..N).map(|_| AtomicU32::new(0)).collect());
+        let waker = |i: u64| -> Waker {
+            let woken = woken.clone();
+            Box::new(move || {
+                woken[usize::try_from(i).unwrap()].fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        for _ in 0..N {
+            assert!(!core.poll(fh, 0, Some(waker(0))));
+        }
+        assert_eq!(core.pollers(), 1);
+        assert_eq!(Arc::strong_count(&woken), 2, "replaced wakeups are dropped");
+        for kh in 1..N {
+            core.poll(fh, kh, Some(waker(kh)));
+        }
+        assert_eq!(core.pollers(), MAX_POLLERS);
+        assert_eq!(Arc::strong_count(&woken), 1 + MAX_POLLERS);
+        let early = woken
+            .iter()
+            .filter(|w| w.load(Ordering::SeqCst) == 1)
+            .count();
+        assert_eq!(
+            early,
+            N as usize - MAX_POLLERS,
+            "each handle that made room was woken"
+        );
+        let notifier = tokio::spawn(core.clone().poll_notifier());
+        fill(&d, 1);
+        for _ in 0..100 {
+            if core.pollers() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(core.pollers(), 0);
+        let counts: Vec<u32> = woken.iter().map(|w| w.load(Ordering::SeqCst)).collect();
+        assert!(
+            counts.iter().all(|&c| c == 1),
+            "every poller woken exactly once"
+        );
+        notifier.abort();
+        // A released file takes its wakeups with it; another file's stay.
+        d.pool.take(1, Want::Any).unwrap();
+        let other = core.open();
+        core.poll(fh, 1, Some(Box::new(|| {})));
+        core.poll(other, 2, Some(Box::new(|| {})));
+        core.release(fh);
+        assert_eq!(core.pollers(), 1);
     }
 }

@@ -217,12 +217,13 @@ impl fuser::Filesystem for DeviceFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         ph: PollNotifier,
         events: PollEvents,
         flags: PollFlags,
         reply: ReplyPoll,
     ) {
+        let kh = ph.handle().0;
         let wake = flags
             .contains(PollFlags::FUSE_POLL_SCHEDULE_NOTIFY)
             .then(|| {
@@ -232,7 +233,7 @@ impl fuser::Filesystem for DeviceFs {
                     }
                 }) as Box<dyn FnOnce() + Send>
             });
-        let ready = self.core.poll(wake);
+        let ready = self.core.poll(fh.0, kh, wake);
         reply.poll(if ready {
             events & PollEvents::POLLIN
         } else {

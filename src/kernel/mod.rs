@@ -7,6 +7,11 @@
 //! /dev/random) as rngd does. A per-minute byte budget keeps the kernel from starving the other
 //! consumers; bytes given to the kernel are counted under consumer `kernel`. systemd is told
 //! READY=1 after the first seeding.
+//!
+//! Bytes taken from the single-use pool cannot be put back, so the feeder takes none it cannot
+//! feed: it checks CAP_SYS_ADMIN at start (without it the feeder is `failed`, says what to grant,
+//! and takes nothing), asks the kernel with an empty RNDADDENTROPY before each take (an LSM can
+//! refuse what the capability set allows), and backs off on every error.
 
 pub mod ioctl;
 
@@ -17,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::KernelFeedConfig;
 use crate::daemon::Daemon;
-use crate::pool::{Consumer, Provenance, Want};
+use crate::pool::{Consumer, Provenance, TakeCounts, Want};
 
 pub const RANDOM_PATH: &str = "/dev/random";
 
@@ -41,6 +46,12 @@ pub enum FeedError {
          (run kirqd as root or grant it the capability)"
     )]
     NotPermitted { op: &'static str },
+    #[error(
+        "kirqd lacks CAP_SYS_ADMIN: feeding the kernel needs CAP_SYS_ADMIN (grant it, as \
+         kirqd.service does with CapabilityBoundingSet=CAP_SYS_ADMIN, or set kernel.enabled = \
+         false); the feeder is off and takes no bytes"
+    )]
+    MissingCapability,
     #[error("{op} on {RANDOM_PATH} failed")]
     Ioctl {
         op: &'static str,
@@ -57,22 +68,39 @@ fn ioctl_err(op: &'static str, e: io::Error) -> FeedError {
     }
 }
 
-/// Bits to credit for bytes of these classes: `bits_per_byte` for hub-verified classes; `local`
-/// bytes only when `credit_local` (hub on another machine) and never while this daemon's own
-/// fallback is serving (that would be the kernel's own output credited back to it).
-pub fn credit_bits(
-    by_provenance: &[usize; 5],
-    bits_per_byte: u32,
-    credit_local: bool,
-    fallback_active: bool,
-) -> u32 {
+/// Bits to credit for these bytes: `bits_per_byte` for hub-verified classes; hub-delivered
+/// `local` bytes only when `credit_local` (hub on another machine); and never the daemon's own
+/// fallback bytes, marked chunk by chunk (fills and the restored fallback segment alike): they are
+/// this kernel's own output, which must not be credited back to it.
+pub fn credit_bits(taken: &TakeCounts, bits_per_byte: u32, credit_local: bool) -> u32 {
     let bits_per_byte = bits_per_byte.min(8) as usize;
-    let bytes: usize = Provenance::ALL
+    let by = &taken.by_provenance;
+    let mut bytes: usize = Provenance::ALL
         .iter()
-        .filter(|p| **p != Provenance::Local || (credit_local && !fallback_active))
-        .map(|p| by_provenance[*p as usize])
+        .filter(|p| **p != Provenance::Local)
+        .map(|p| by[*p as usize])
         .sum();
+    if credit_local {
+        // Fallback bytes are all of class local.
+        bytes += by[Provenance::Local as usize].saturating_sub(taken.fallback);
+    }
     u32::try_from(bytes * bits_per_byte).unwrap_or(u32::MAX)
+}
+
+/// `CAP_SYS_ADMIN`'s bit in the capability sets.
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// Whether this process has CAP_SYS_ADMIN in its effective set (`CapEff` in
+/// /proc/self/status); `None` when that cannot be read.
+pub fn has_cap_sys_admin() -> Option<bool> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    cap_eff_has(&status, CAP_SYS_ADMIN)
+}
+
+fn cap_eff_has(status: &str, bit: u32) -> Option<bool> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    let caps = u64::from_str_radix(hex.trim(), 16).ok()?;
+    Some(caps & (1 << bit) != 0)
 }
 
 /// A per-minute byte allowance.
@@ -158,7 +186,8 @@ impl Feeder {
     }
 
     /// Takes up to `n` bytes from the pool (counted under `kernel`) and adds them, crediting per
-    /// [`credit_bits`] when `credit` is set. `Ok(None)`: the pool is empty.
+    /// [`credit_bits`] when `credit` is set. `Ok(None)`: the pool is empty. An empty
+    /// RNDADDENTROPY goes first, so a refusal costs no pool bytes.
     pub fn feed_from_pool(
         &self,
         d: &Daemon,
@@ -166,20 +195,16 @@ impl Feeder {
         n: usize,
         credit: bool,
     ) -> Result<Option<Fed>, FeedError> {
+        self.add(&[], 0)?;
         let mut buf = zeroize::Zeroizing::new(vec![0u8; n]);
         let Ok(by) = d.pool.take_into(&mut buf, Want::Any, false) else {
             return Ok(None);
         };
-        let got: usize = by.iter().sum();
+        let got = by.total();
         d.metrics.served(Consumer::Kernel.as_str(), got);
         d.metrics.request(Consumer::Kernel.as_str(), "ok");
         let bits = if credit {
-            credit_bits(
-                &by,
-                cfg.credit_bits_per_byte,
-                cfg.credit_local,
-                d.fallback_active(),
-            )
+            credit_bits(&by, cfg.credit_bits_per_byte, cfg.credit_local)
         } else {
             0
         };
@@ -202,22 +227,51 @@ async fn wait_for_pool(d: &Daemon) {
     }
 }
 
-/// The feeder task: runs until aborted. Failures are logged, shown in health, and retried.
+/// Waits after consecutive failures: 1 s, doubling up to `max`.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Self {
+        let max = max.max(Duration::from_secs(1));
+        Self {
+            next: Duration::from_secs(1),
+            max,
+        }
+    }
+
+    fn failed(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+
+    fn succeeded(&mut self) {
+        self.next = Duration::from_secs(1);
+    }
+}
+
+/// The feeder task: runs until aborted. Failures are logged, shown in health, and retried after
+/// a backoff; a refusal for want of CAP_SYS_ADMIN stops the feeder (state `failed`) for good.
 pub async fn run(d: Arc<Daemon>) {
     let cfg = d.cfg.kernel.clone();
+    if has_cap_sys_admin() == Some(false) {
+        stop_failed(&d, &FeedError::MissingCapability);
+        return;
+    }
     let feeder = match Feeder::open() {
         Ok(f) => f,
         Err(e) => {
-            tracing::error!(error = %e, "kernel feeder disabled");
-            d.set_kernel_status(|s| {
-                s.state = "failed";
-                s.last_error = Some(e.to_string());
-            });
+            stop_failed(&d, &e);
             return;
         }
     };
     let modern = modern_driver();
     let mut budget = Budget::new(cfg.budget_bytes_per_minute);
+    let mut backoff = Backoff::new(Duration::from_secs(cfg.interval_secs.max(60)));
     let mut ready_sent = false;
     let mut seeded = |d: &Daemon, status: String| {
         if !ready_sent {
@@ -244,6 +298,7 @@ pub async fn run(d: Arc<Daemon>) {
         }
         match feeder.feed_from_pool(&d, &cfg, n, true) {
             Ok(Some(f)) => {
+                backoff.succeeded();
                 budget.spend(f.bytes);
                 record(&d, &f, false);
                 tracing::info!(
@@ -258,49 +313,64 @@ pub async fn run(d: Arc<Daemon>) {
                 }
             }
             Ok(None) => wait_for_pool(&d).await,
+            Err(e @ FeedError::NotPermitted { .. }) => {
+                stop_failed(&d, &e);
+                return;
+            }
             Err(e) => {
                 fail(&d, &e);
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                tokio::time::sleep(backoff.failed()).await;
             }
         }
         if modern {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    // Phase 2 (5.18+): mix and reseed every interval.
+    // Phase 2 (5.18+): mix and reseed every interval. Every path through the loop waits.
     d.set_kernel_status(|s| s.state = "running");
-    let mut first = true;
+    let mut wait = Duration::ZERO;
     loop {
-        if !first {
-            tokio::time::sleep(Duration::from_secs(cfg.interval_secs)).await;
-        }
+        tokio::time::sleep(wait).await;
         let n = budget.allow(cfg.feed_bytes, Instant::now());
         if n == 0 {
+            wait = Duration::from_secs(1);
             continue;
         }
         let fed = match feeder.feed_from_pool(&d, &cfg, n, false) {
             Ok(Some(f)) => f,
             Ok(None) => {
                 wait_for_pool(&d).await;
+                wait = Duration::ZERO;
                 continue;
+            }
+            Err(e @ FeedError::NotPermitted { .. }) => {
+                stop_failed(&d, &e);
+                return;
             }
             Err(e) => {
                 fail(&d, &e);
+                wait = backoff.failed();
                 continue;
             }
         };
         budget.spend(fed.bytes);
         match feeder.reseed() {
             Ok(()) => {
+                backoff.succeeded();
                 record(&d, &fed, true);
                 tracing::info!(bytes = fed.bytes, "kernel CRNG reseeded (RNDRESEEDCRNG)");
                 seeded(
                     &d,
                     format!("kernel CRNG reseeded from {} verified bytes", fed.bytes),
                 );
-                first = false;
+                wait = Duration::from_secs(cfg.interval_secs);
             }
-            Err(e) => fail(&d, &e),
+            Err(e) => {
+                // The bytes went in (mixed, uncredited); only the reseed failed.
+                record(&d, &fed, false);
+                fail(&d, &e);
+                wait = backoff.failed();
+            }
         }
     }
 }
@@ -317,6 +387,15 @@ fn record(d: &Daemon, f: &Fed, reseeded: bool) {
 fn fail(d: &Daemon, e: &FeedError) {
     tracing::error!(error = %e, "kernel feeder");
     d.set_kernel_status(|s| s.last_error = Some(e.to_string()));
+}
+
+/// The feeder cannot work in this process: state `failed`, said once, no byte taken.
+fn stop_failed(d: &Daemon, e: &FeedError) {
+    tracing::error!(error = %e, "kernel feeder disabled");
+    d.set_kernel_status(|s| {
+        s.state = "failed";
+        s.last_error = Some(e.to_string());
+    });
 }
 
 /// Pre-5.18 kernels: resolves when /dev/random is writable (entropy below the write wakeup
@@ -339,14 +418,75 @@ mod tests {
 
     #[test]
     fn credit_is_never_more_than_justified() {
-        let mut by = [0usize; 5];
-        by[Provenance::Qrng as usize] = 10;
-        by[Provenance::Local as usize] = 10;
-        assert_eq!(credit_bits(&by, 4, false, false), 40);
-        assert_eq!(credit_bits(&by, 8, true, false), 160);
-        assert_eq!(credit_bits(&by, 8, true, true), 80);
-        assert_eq!(credit_bits(&by, 99, false, false), 80);
-        assert_eq!(credit_bits(&[0; 5], 8, true, false), 0);
+        let mut by = TakeCounts::default();
+        by.by_provenance[Provenance::Qrng as usize] = 10;
+        by.by_provenance[Provenance::Local as usize] = 10;
+        assert_eq!(credit_bits(&by, 4, false), 40);
+        assert_eq!(credit_bits(&by, 8, true), 160);
+        assert_eq!(credit_bits(&by, 99, false), 80);
+        // Four of the local bytes were this daemon's own fallback bytes.
+        by.fallback = 4;
+        assert_eq!(credit_bits(&by, 8, true), 128);
+        assert_eq!(credit_bits(&by, 8, false), 80);
+        assert_eq!(credit_bits(&TakeCounts::default(), 8, true), 0);
+    }
+
+    #[test]
+    fn cap_sys_admin_is_read_from_cap_eff() {
+        let status = "Name:\tkirqd\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        assert_eq!(cap_eff_has(status, CAP_SYS_ADMIN), Some(true));
+        let status = "CapEff:\t00000000001fffff\nCapBnd:\t000001ffffffffff\n";
+        assert_eq!(cap_eff_has(status, CAP_SYS_ADMIN), Some(false));
+        assert_eq!(cap_eff_has("Name: x\n", CAP_SYS_ADMIN), None);
+        assert!(
+            has_cap_sys_admin().is_some(),
+            "/proc/self/status has CapEff"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_bound_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(5));
+        let waits: Vec<_> = (0..5).map(|_| b.failed().as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 5, 5]);
+        b.succeeded();
+        assert_eq!(b.failed(), Duration::from_secs(1));
+    }
+
+    /// Honest credit: bytes the daemon drew from this kernel itself (fallback fills, and the
+    /// fallback segment restored from the sealed pool after a restart) are never credited back to
+    /// it, whatever the fallback flag says now; hub-delivered bytes are.
+    #[test]
+    fn restored_fallback_segments_and_fallback_fills_are_never_credited() {
+        use crate::device::testing::{fill, local_daemon};
+        use crate::pool::persist::{PoolKey, SealedFile};
+        use crate::secret::SecretBytes;
+
+        let (dir, d) = local_daemon();
+        assert_eq!(fill(&d, 100), 100);
+        let mut segments = d.pool.drain_for_seal();
+        assert_eq!(segments[crate::pool::persist::SEGMENTS - 1].len(), 100);
+        // Bytes a hub delivered: 50 of class local (a hub on another machine), 10 qrng.
+        segments[Provenance::Local as usize] = SecretBytes::new(vec![1; 50]);
+        segments[Provenance::Qrng as usize] = SecretBytes::new(vec![2; 10]);
+        let file = SealedFile::new(dir.path().join("pool.sealed"));
+        let key = PoolKey::from_bytes([7; 32]);
+        file.save(&key, &segments).expect("seal");
+        let unsealed = file.take(&key).expect("unseal").expect("a sealed pool");
+        assert_eq!(d.pool.restore(unsealed), 160);
+        assert_eq!(fill(&d, 40), 40);
+        // The fallback has ended (or never began in this run) but its bytes are still here.
+        assert!(!d.fallback_active());
+        let mut buf = vec![0u8; 200];
+        let by = d
+            .pool
+            .take_into(&mut buf, Want::Any, true)
+            .expect("200 bytes");
+        assert_eq!(
+            credit_bits(&by, 8, true),
+            (50 + 10) * 8,
+            "only the hub's 60 bytes may be credited"
+        );
     }
 
     #[test]

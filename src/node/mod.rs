@@ -74,6 +74,7 @@ pub struct NodeMetrics {
     pub open_rounds: Gauge,
     pub source_failures: Family<Label1, Counter>,
     pub tls_handshake_failures: Counter,
+    pub tls_connections_refused: Family<Label1, Counter>,
 }
 
 impl NodeMetrics {
@@ -85,6 +86,7 @@ impl NodeMetrics {
             open_rounds: Gauge::default(),
             source_failures: Family::default(),
             tls_handshake_failures: Counter::default(),
+            tls_connections_refused: Family::default(),
         };
         registry.register(
             "kirq_node_requests",
@@ -106,6 +108,7 @@ impl NodeMetrics {
             "TLS handshakes refused or timed out on the node listener",
             m.tls_handshake_failures.clone(),
         );
+        crate::metrics::register_refusals(&mut registry, "node", &m.tls_connections_refused);
         Self { registry, ..m }
     }
 
@@ -135,6 +138,12 @@ impl Default for NodeMetrics {
 impl tls::HandshakeObserver for NodeMetrics {
     fn handshake_failed(&self) {
         self.tls_handshake_failures.inc();
+    }
+
+    fn connection_refused(&self, reason: &'static str) {
+        self.tls_connections_refused
+            .get_or_create(&[("reason", reason.to_owned())])
+            .inc();
     }
 }
 

@@ -138,6 +138,20 @@ impl Taken {
     }
 }
 
+/// What one [`Pool::take_into`] took: bytes per class, and how many of them were the daemon's own
+/// fallback bytes (always of class `local`: fills and the restored fallback segment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TakeCounts {
+    pub by_provenance: [usize; 5],
+    pub fallback: usize,
+}
+
+impl TakeCounts {
+    pub fn total(&self) -> usize {
+        self.by_provenance.iter().sum()
+    }
+}
+
 /// A point-in-time view of the pool for `/health` and metrics.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Snapshot {
@@ -377,7 +391,7 @@ impl Pool {
     /// Takes exactly `n` bytes for one consumer, or nothing.
     pub fn take(&self, n: usize, want: Want) -> Result<Taken, PoolError> {
         let mut out = SecretBytes::zeroed(n);
-        let by_provenance = self.take_into(out.expose_mut(), want, true)?;
+        let by_provenance = self.take_into(out.expose_mut(), want, true)?.by_provenance;
         Ok(Taken {
             bytes: out,
             by_provenance,
@@ -385,14 +399,15 @@ impl Pool {
     }
 
     /// Fills `dst` from the pool. With `exact`, all of `dst` or nothing; otherwise at least one
-    /// byte (a device read). Returns bytes taken per class.
+    /// byte (a device read). Returns bytes taken per class and how many were fallback bytes.
     pub fn take_into(
         &self,
         dst: &mut [u8],
         want: Want,
         exact: bool,
-    ) -> Result<[usize; 5], PoolError> {
+    ) -> Result<TakeCounts, PoolError> {
         let mut by = [0usize; 5];
+        let mut fallback_taken = 0;
         let below_watermark;
         {
             let mut g = self.lock();
@@ -426,6 +441,7 @@ impl Pool {
                     by[class.index()] += k;
                     if chunk.fallback {
                         inner.fallback -= k;
+                        fallback_taken += k;
                     }
                     if chunk.pos == chunk.data.len() {
                         q.pop_front();
@@ -442,7 +458,10 @@ impl Pool {
         if below_watermark {
             self.refill.notify_one();
         }
-        Ok(by)
+        Ok(TakeCounts {
+            by_provenance: by,
+            fallback: fallback_taken,
+        })
     }
 
     /// Wakes the refill task (a consumer wants bytes the pool lacks).

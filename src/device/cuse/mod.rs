@@ -153,7 +153,7 @@ impl Server {
                         }
                     }) as Box<dyn FnOnce() + Send>
                 });
-                let revents = if self.core.poll(wake) {
+                let revents = if self.core.poll(p.fh, p.kh, wake) {
                     POLLIN & p.events
                 } else {
                     0
@@ -471,6 +471,87 @@ mod tests {
         let r = take(&sent);
         assert_eq!((r.len(), err_of(&r[0]), err_of(&r[1])), (2, 0, 0));
         assert_eq!(core.open_files(), 0);
+        notifier.abort();
+    }
+
+    /// Memory a reader cannot grow: 100,000 `FUSE_POLL`s asking for a wakeup, on one handle and
+    /// on 100,000 handles, keep the registered wakeups bounded (each holds the reply sink), and
+    /// every poller still hears of the next arrival: the live ones when bytes come, any that
+    /// had to make room earlier (a spurious wakeup makes the kernel poll again).
+    #[tokio::test]
+    async fn a_reader_cannot_grow_the_daemons_memory_with_polls() {
+        let (_dir, d) = local_daemon();
+        let core = DeviceCore::new(d.clone(), 0);
+        let sent = Arc::new(Sent::default());
+        let srv = Server::new(
+            core.clone(),
+            sent.clone(),
+            "kirq-rng",
+            tokio::runtime::Handle::current(),
+        );
+        let init = [7u32, 38, 0, 1]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<_>>();
+        srv.handle(&msg(CUSE_INIT, 1, &init));
+        srv.handle(&msg(FUSE_OPEN, 2, &[0; 8]));
+        let r = take(&sent);
+        let fh = u64::from_le_bytes(r[1][16..24].try_into().unwrap());
+        let base = Arc::strong_count(&sent);
+        let poll = |kh: u64| {
+            [
+                &fh.to_le_bytes()[..],
+                &kh.to_le_bytes(),
+                &FUSE_POLL_SCHEDULE_NOTIFY.to_le_bytes(),
+                &POLLIN.to_le_bytes(),
+            ]
+            .concat()
+        };
+        // Notified handles, from the messages sent (unique 0 marks a notification).
+        let mut notified = std::collections::HashSet::new();
+        let drain = |notified: &mut std::collections::HashSet<u64>| {
+            for m in take(&sent) {
+                if m[8..16] == [0; 8] {
+                    notified.insert(u64::from_le_bytes(m[16..24].try_into().unwrap()));
+                }
+            }
+        };
+        const N: u64 = 100_000;
+        for i in 0..N {
+            srv.handle(&msg(FUSE_POLL, 10 + i, &poll(7)));
+            if i % 1024 == 0 {
+                drain(&mut notified);
+            }
+        }
+        drain(&mut notified);
+        let same_handle = Arc::strong_count(&sent) - base;
+        for i in 0..N {
+            srv.handle(&msg(FUSE_POLL, 10 + N + i, &poll(1_000 + i)));
+            if i % 1024 == 0 {
+                drain(&mut notified);
+            }
+        }
+        drain(&mut notified);
+        let many_handles = Arc::strong_count(&sent) - base;
+        assert!(
+            same_handle <= 1,
+            "{same_handle} wakeups kept for one poll handle"
+        );
+        assert!(
+            many_handles <= 1024,
+            "{many_handles} wakeups kept for {N} poll handles"
+        );
+        // Bytes arrive: every poller has been told, and nothing stays registered.
+        let notifier = tokio::spawn(core.clone().poll_notifier());
+        fill(&d, 100);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drain(&mut notified);
+        assert!(notified.contains(&7), "the first handle was never woken");
+        let missing = (1_000..1_000 + N)
+            .filter(|kh| !notified.contains(kh))
+            .count();
+        assert_eq!(missing, 0, "{missing} pollers never woken");
+        assert_eq!(Arc::strong_count(&sent), base);
         notifier.abort();
     }
 }

@@ -1,0 +1,232 @@
+//! An unauthenticated stranger cannot stop the daemon: a flood of idle plain-TCP connections to
+//! the mutual-TLS receive port (from another loopback address, the process held to 1024 open
+//! files as under systemd's default) must leave the HTTP shim answering and the hub's packets
+//! being admitted, and every refused connection is counted.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Idle connections the stranger keeps open (reopening each one the daemon closes).
+const FLOOD: usize = 1_100;
+/// How long the flood lasts once it is fully open.
+const FLOOD_WINDOW: Duration = Duration::from_secs(6);
+/// A health answer slower than this counts as the shim not answering (a liveness bound).
+const ANSWER_WITHIN: Duration = Duration::from_secs(1);
+
+/// Opens `FLOOD` connections from 127.0.0.2 to `target` and keeps them open until `stop`; a
+/// connection the server closes is reopened after a second. Counts the connections opened.
+fn flood(target: SocketAddr, stop: Arc<AtomicBool>, opened: Arc<AtomicUsize>) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("flood runtime");
+    rt.block_on(async move {
+        let mut slots = Vec::new();
+        for i in 0..FLOOD {
+            let (stop, opened) = (stop.clone(), opened.clone());
+            // In waves of 100, so the listener's accept queue never overflows and every
+            // connection the flood counts is one the daemon has to deal with.
+            let start = Duration::from_millis(50 * (i as u64 / 100));
+            slots.push(tokio::spawn(async move {
+                tokio::time::sleep(start).await;
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(mut s) = connect_from_127_0_0_2(target).await {
+                        opened.fetch_add(1, Ordering::Relaxed);
+                        // Idle: send nothing, wait for the server to close (or the end).
+                        let mut buf = [0u8; 64];
+                        loop {
+                            if stop.load(Ordering::Relaxed) {
+                                return;
+                            }
+                            use tokio::io::AsyncReadExt;
+                            match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf))
+                                .await
+                            {
+                                Err(_) => continue,
+                                Ok(Ok(n)) if n > 0 => continue,
+                                Ok(_) => break,
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }));
+        }
+        for s in slots {
+            let _ = s.await;
+        }
+    });
+}
+
+async fn connect_from_127_0_0_2(target: SocketAddr) -> Option<tokio::net::TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind("127.0.0.2:0".parse().expect("address"))
+        .expect("bind 127.0.0.2 (loopback covers 127.0.0.0/8)");
+    tokio::time::timeout(Duration::from_secs(3), sock.connect(target))
+        .await
+        .ok()?
+        .ok()
+}
+
+fn metric(text: &str, prefix: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Descriptors `pid` holds now.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+#[test]
+fn a_stranger_flooding_the_receive_port_cannot_stop_the_daemon() {
+    need_program("prlimit", "util-linux");
+    // This test process holds the flood's sockets itself.
+    let (soft, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).expect("limit");
+    if soft < 4096 {
+        nix::sys::resource::setrlimit(
+            nix::sys::resource::Resource::RLIMIT_NOFILE,
+            hard.min(8192),
+            hard,
+        )
+        .expect("raise this test's open-file limit");
+    }
+    let f = Fleet::new();
+    let config = f.daemon_config(
+        true,
+        "[fallback]\nenabled = false\n[device]\nmode = \"off\"\n",
+    );
+    // Soft and hard limit 1024: the daemon cannot raise itself out of the flood's reach, so the
+    // connection limits alone must hold.
+    let d = Proc::spawn(
+        "prlimit",
+        &[
+            "--nofile=1024:1024",
+            "--",
+            env!("CARGO_BIN_EXE_kirqd"),
+            "run",
+            "--config",
+            config.to_str().expect("utf-8 path"),
+        ],
+        &f.path("kirqd.log"),
+        &[],
+    );
+    wait_for(Duration::from_secs(20), "kirqd HTTP shim", || {
+        reqwest::blocking::get(f.http("/api/rng/health")).is_ok()
+    });
+    let _h = hub(&f, &f.hub_config(true), &[]);
+    let accepted = || {
+        get_json(&f.http("/api/rng/stats"))["packets_accepted"]
+            .as_u64()
+            .expect("packets_accepted")
+    };
+    wait_for(Duration::from_secs(20), "the hub's first packets", || {
+        accepted() > 0
+    });
+
+    let client = reqwest::blocking::Client::builder()
+        .timeout(ANSWER_WITHIN)
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let target: SocketAddr = ([127, 0, 0, 1], f.receive_port).into();
+    let flooder = {
+        let (stop, opened) = (stop.clone(), opened.clone());
+        std::thread::spawn(move || flood(target, stop, opened))
+    };
+    let t0 = Instant::now();
+    while opened.load(Ordering::Relaxed) < FLOOD && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let opened_at_start = opened.load(Ordering::Relaxed);
+
+    // During the flood: the shim answers each health request promptly, and packets keep coming.
+    let accepted_before = client
+        .get(f.http("/api/rng/stats"))
+        .send()
+        .and_then(|r| r.json::<serde_json::Value>())
+        .ok()
+        .and_then(|v| v["packets_accepted"].as_u64());
+    let mut slow = Vec::new();
+    let mut slowest = Duration::ZERO;
+    let mut answers = 0;
+    let mut fds_held = 0;
+    let window = Instant::now();
+    while window.elapsed() < FLOOD_WINDOW {
+        let t = Instant::now();
+        let ok = client
+            .get(f.http("/api/rng/health"))
+            .send()
+            .is_ok_and(|r| r.status().is_success());
+        let took = t.elapsed();
+        slowest = slowest.max(took);
+        answers += 1;
+        if !ok || took >= ANSWER_WITHIN {
+            slow.push(format!(
+                "{:.1}s: {took:?} ok={ok}",
+                window.elapsed().as_secs_f64()
+            ));
+        }
+        fds_held = fds_held.max(open_fds(d.child.id()));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let accepted_after = client
+        .get(f.http("/api/rng/stats"))
+        .send()
+        .and_then(|r| r.json::<serde_json::Value>())
+        .ok()
+        .and_then(|v| v["packets_accepted"].as_u64());
+    stop.store(true, Ordering::Relaxed);
+    flooder.join().expect("flood thread");
+    let opened_total = opened.load(Ordering::Relaxed);
+
+    wait_for(Duration::from_secs(15), "the shim after the flood", || {
+        client.get(f.http("/api/rng/health")).send().is_ok()
+    });
+    let metrics = reqwest::blocking::get(f.http("/metrics"))
+        .expect("metrics")
+        .text()
+        .expect("metrics text");
+    let refused = metric(
+        &metrics,
+        "kirq_tls_connections_refused_total{reason=\"peer_limit\"} ",
+    );
+    let log = d.log_text();
+    let emfile = log.matches("Too many open files").count();
+    let summary = format!(
+        "flood: {opened_at_start} connections open at start, {opened_total} opened in all; \
+         health: {answers} requests, slowest {slowest:?}, {} slow or failed {slow:?}; \
+         kirqd held up to {fds_held} descriptors; packets_accepted {accepted_before:?} -> {accepted_after:?}; \
+         \"Too many open files\" logged {emfile} times; refused (peer_limit) {refused:?}",
+        slow.len()
+    );
+    println!("{summary}");
+    assert!(
+        opened_at_start >= FLOOD,
+        "the flood never got going: {summary}"
+    );
+    assert!(
+        slow.is_empty(),
+        "the HTTP shim stopped answering: {summary}"
+    );
+    assert!(
+        matches!((accepted_before, accepted_after), (Some(a), Some(b)) if b > a),
+        "the hub's packets stopped being admitted: {summary}"
+    );
+    assert_eq!(emfile, 0, "kirqd ran out of descriptors: {summary}");
+    assert!(
+        refused.is_some_and(|n| n >= (FLOOD as u64) / 2),
+        "refused connections are not counted: {summary}"
+    );
+}
