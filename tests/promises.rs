@@ -235,6 +235,7 @@ fn lying_hub(f: &Fleet, lie: Arc<AtomicBool>) -> tokio::runtime::Runtime {
     struct Quiet;
     impl kirq::tls::HandshakeObserver for Quiet {
         fn handshake_failed(&self) {}
+        fn connection_refused(&self, _: &'static str) {}
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let id = kirq::tls::Identity::load(
