@@ -340,3 +340,46 @@ fn fallback_starts_when_the_hub_answers_but_builds_no_packet() {
         !fallback_active(&f)
     });
 }
+
+/// Promise: one daemon cannot take the hub's sources for itself. A daemon that wants far more
+/// than its share (`[limits]` 64 KiB/s, 64 KiB burst) gets at most burst + rate × time; the rest
+/// is answered 429, counted at the hub, and the daemon still sees the hub as reachable.
+#[test]
+fn one_daemon_gets_no_more_than_its_share_of_the_hub() {
+    let f = Fleet::new();
+    let metrics_port = free_port();
+    let cfg = f.hub_config_with(
+        false,
+        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
+        "[limits]\ndaemon_bytes_per_second = 65536\ndaemon_burst_bytes = 65536\n",
+    );
+    let _h = hub(&f, &cfg, &[]);
+    let start = Instant::now();
+    let _d = kirqd(&f, &f.daemon_config(true, ""), &[]);
+    wait_for(Duration::from_secs(20), "first refill", || f.pool().1 > 0);
+    std::thread::sleep(Duration::from_secs(4));
+    let admitted = f.pool().1 as f64;
+    let allowed = 65_536.0 + 65_536.0 * start.elapsed().as_secs_f64() + 4096.0;
+    assert!(
+        admitted <= allowed,
+        "admitted {admitted} bytes, the share allows {allowed:.0}"
+    );
+    assert!(admitted >= 65_536.0, "the burst is delivered: {admitted}");
+    let m = reqwest::blocking::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    let limited: u64 = m
+        .lines()
+        .find(|l| {
+            l.starts_with("kirq_hub_deliveries_total")
+                && l.contains(&format!("daemon=\"{DAEMON_ID}\""))
+                && l.contains("outcome=\"rate_limited\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(limited > 0, "429s are counted at the hub:\n{m}");
+    let h = get_json(&f.http("/api/rng/health"));
+    assert_eq!(h["hubs"][0]["reachable"], true, "{h}");
+}
