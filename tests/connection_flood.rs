@@ -107,22 +107,13 @@ fn a_stranger_flooding_the_receive_port_cannot_stop_the_daemon() {
     );
     // Soft and hard limit 1024: the daemon cannot raise itself out of the flood's reach, so the
     // connection limits alone must hold.
-    let d = Proc::spawn(
-        "prlimit",
-        &[
-            "--nofile=1024:1024",
-            "--",
-            env!("CARGO_BIN_EXE_kirqd"),
-            "run",
-            "--config",
-            config.to_str().expect("utf-8 path"),
-        ],
-        &f.path("kirqd.log"),
+    let d = kirqd_with(
+        &f,
+        &config,
+        &["prlimit", "--nofile=1024:1024", "--"],
+        &[],
         &[],
     );
-    wait_for(Duration::from_secs(20), "kirqd HTTP shim", || {
-        reqwest::blocking::get(f.http("/api/rng/health")).is_ok()
-    });
     let _h = hub(&f, &f.hub_config(true), &[]);
     let accepted = || {
         get_json(&f.http("/api/rng/stats"))["packets_accepted"]

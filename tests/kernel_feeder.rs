@@ -186,23 +186,18 @@ fn without_cap_sys_admin_the_feeder_takes_no_bytes_and_says_why() {
         true,
         "[fallback]\nenabled = false\n[device]\nmode = \"off\"\n[kernel]\nenabled = true\n",
     );
-    let d = Proc::spawn(
-        "setpriv",
+    let d = kirqd_with(
+        &f,
+        &config,
         &[
+            "setpriv",
             "--inh-caps=-sys_admin",
             "--bounding-set=-sys_admin",
             "--",
-            env!("CARGO_BIN_EXE_kirqd"),
-            "run",
-            "--config",
-            config.to_str().expect("utf-8 path"),
         ],
-        &f.path("kirqd.log"),
+        &[],
         &[],
     );
-    wait_for(Duration::from_secs(20), "kirqd HTTP shim", || {
-        reqwest::blocking::get(f.http("/api/rng/health")).is_ok()
-    });
     let status = std::fs::read_to_string(format!("/proc/{}/status", d.child.id()))
         .expect("kirqd's /proc status");
     let cap_eff = status

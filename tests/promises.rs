@@ -121,22 +121,13 @@ fn spool(packets: &[Vec<u8>]) -> Vec<u8> {
 }
 
 fn run_with_spool(f: &Fleet, cfg: &std::path::Path, spool: &std::path::Path) -> Proc {
-    let p = Proc::spawn(
-        env!("CARGO_BIN_EXE_kirqd"),
-        &[
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--admit-packets",
-            spool.to_str().unwrap(),
-        ],
-        &f.path(&format!("kirqd-{}.log", free_port())),
+    kirqd_with(
+        f,
+        cfg,
         &[],
-    );
-    wait_for(Duration::from_secs(20), "kirqd HTTP shim", || {
-        reqwest::blocking::get(f.http("/api/rng/health")).is_ok()
-    });
-    p
+        &["--admit-packets", spool.to_str().unwrap()],
+        &[],
+    )
 }
 
 /// Resends every packet as a hub that lies about having delivered them would; each must be

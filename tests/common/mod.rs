@@ -291,12 +291,28 @@ impl Drop for Proc {
 }
 
 pub fn kirqd(fleet: &Fleet, config: &Path, env: &[(&str, &str)]) -> Proc {
-    let p = Proc::spawn(
+    kirqd_with(fleet, config, &[], &[], env)
+}
+
+/// `kirqd run --config CONFIG EXTRA...`, started under `wrapper` (e.g. `prlimit ... --`,
+/// `setpriv ... --`) when it is not empty; waits for the HTTP shim. Logs to `kirqd.log`.
+pub fn kirqd_with(
+    fleet: &Fleet,
+    config: &Path,
+    wrapper: &[&str],
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Proc {
+    let mut argv: Vec<&str> = wrapper.to_vec();
+    argv.extend([
         env!("CARGO_BIN_EXE_kirqd"),
-        &["run", "--config", config.to_str().unwrap()],
-        &fleet.path("kirqd.log"),
-        env,
-    );
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    argv.extend(extra);
+    let (program, args) = argv.split_first().expect("a program");
+    let p = Proc::spawn(program, args, &fleet.path("kirqd.log"), env);
     wait_for(Duration::from_secs(20), "kirqd HTTP shim", || {
         reqwest::blocking::get(fleet.http("/api/rng/health")).is_ok()
     });

@@ -361,9 +361,15 @@ mod tests {
         b
     }
 
-    #[tokio::test]
-    async fn a_session_through_the_dispatcher() {
-        let (_dir, d) = local_daemon();
+    /// A daemon, its device core and a dispatcher whose replies are collected in `Sent`.
+    fn session() -> (
+        tempfile::TempDir,
+        Arc<crate::daemon::Daemon>,
+        Arc<DeviceCore>,
+        Arc<Sent>,
+        Arc<Server>,
+    ) {
+        let (dir, d) = local_daemon();
         let core = DeviceCore::new(d.clone(), 0);
         let sent = Arc::new(Sent::default());
         let srv = Server::new(
@@ -372,6 +378,12 @@ mod tests {
             "kirq-rng",
             tokio::runtime::Handle::current(),
         );
+        (dir, d, core, sent, srv)
+    }
+
+    #[tokio::test]
+    async fn a_session_through_the_dispatcher() {
+        let (_dir, d, core, sent, srv) = session();
         let notifier = tokio::spawn(core.clone().poll_notifier());
 
         let init = [7u32, 38, 0, 1]
@@ -480,15 +492,7 @@ mod tests {
     /// had to make room earlier (a spurious wakeup makes the kernel poll again).
     #[tokio::test]
     async fn a_reader_cannot_grow_the_daemons_memory_with_polls() {
-        let (_dir, d) = local_daemon();
-        let core = DeviceCore::new(d.clone(), 0);
-        let sent = Arc::new(Sent::default());
-        let srv = Server::new(
-            core.clone(),
-            sent.clone(),
-            "kirq-rng",
-            tokio::runtime::Handle::current(),
-        );
+        let (_dir, d, core, sent, srv) = session();
         let init = [7u32, 38, 0, 1]
             .iter()
             .flat_map(|v| v.to_le_bytes())
