@@ -1,7 +1,7 @@
-//! An unauthenticated stranger cannot stop the daemon: a flood of idle plain-TCP connections to
-//! the mutual-TLS receive port (from another loopback address, the process held to 1024 open
-//! files as under systemd's default) must leave the HTTP shim answering and the hub's packets
-//! being admitted, and every refused connection is counted.
+//! An unauthenticated stranger cannot stop the daemon or the hub: a flood of idle plain-TCP
+//! connections to a mutual-TLS port (from another loopback address, the process held to 1024 open
+//! files as under systemd's default) must leave the other listeners answering and packets being
+//! delivered, and every refused connection is counted.
 
 mod common;
 
@@ -216,6 +216,107 @@ fn a_stranger_flooding_the_receive_port_cannot_stop_the_daemon() {
         "the hub's packets stopped being admitted: {summary}"
     );
     assert_eq!(emfile, 0, "kirqd ran out of descriptors: {summary}");
+    assert!(
+        refused.is_some_and(|n| n >= (FLOOD as u64) / 2),
+        "refused connections are not counted: {summary}"
+    );
+}
+
+/// The hub's pull listener under the same flood: the hub (held to 1024 descriptors) keeps
+/// answering the daemon's pulls, its /health keeps answering, and the refusals are counted.
+#[test]
+fn a_stranger_flooding_the_hub_cannot_stop_its_deliveries() {
+    need_program("prlimit", "util-linux");
+    let (soft, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).expect("limit");
+    if soft < 4096 {
+        nix::sys::resource::setrlimit(
+            nix::sys::resource::Resource::RLIMIT_NOFILE,
+            hard.min(8192),
+            hard,
+        )
+        .expect("raise this test's open-file limit");
+    }
+    let f = Fleet::new();
+    let metrics_port = free_port();
+    let hub_cfg = f.hub_config_with(
+        false,
+        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
+        "",
+    );
+    let h = hub_with(&f, &hub_cfg, &["prlimit", "--nofile=1024:1024", "--"], &[]);
+    let _d = kirqd(
+        &f,
+        &f.daemon_config(
+            true,
+            "[fallback]\nenabled = false\n[device]\nmode = \"off\"\n",
+        ),
+        &[],
+    );
+    wait_for(Duration::from_secs(20), "the first pull", || f.pool().1 > 0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let target: SocketAddr = ([127, 0, 0, 1], f.hub_port).into();
+    let flooder = {
+        let (stop, opened) = (stop.clone(), opened.clone());
+        std::thread::spawn(move || flood(target, stop, opened))
+    };
+    let t0 = Instant::now();
+    while opened.load(Ordering::Relaxed) < FLOOD && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let opened_at_start = opened.load(Ordering::Relaxed);
+    // During the flood the daemon keeps pulling: take what the pool holds, again and again, and
+    // the refill must keep bringing more from the flooded hub.
+    let client = reqwest::blocking::Client::builder()
+        .timeout(ANSWER_WITHIN)
+        .build()
+        .expect("client");
+    let admitted_before = f.pool().1;
+    let mut hub_health_failures = 0;
+    let window = Instant::now();
+    while window.elapsed() < FLOOD_WINDOW {
+        let (left, _) = f.pool();
+        if left > 0 {
+            let _ = random(&f, serde_json::json!({ "num_bytes": left.min(65_536) }));
+        }
+        let ok = client
+            .get(format!("http://127.0.0.1:{metrics_port}/health"))
+            .send()
+            .is_ok_and(|r| r.status().is_success());
+        hub_health_failures += usize::from(!ok);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let admitted_after = f.pool().1;
+    stop.store(true, Ordering::Relaxed);
+    flooder.join().expect("flood thread");
+    let metrics = reqwest::blocking::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .expect("hub metrics")
+        .text()
+        .expect("metrics text");
+    let refused = metric(
+        &metrics,
+        "kirq_tls_connections_refused_total{reason=\"peer_limit\"} ",
+    );
+    let emfile = h.log_text().matches("Too many open files").count();
+    let summary = format!(
+        "flood: {opened_at_start} open at start; admitted {admitted_before} -> {admitted_after}; \
+         hub /health failures {hub_health_failures}; EMFILE {emfile}; refused {refused:?}"
+    );
+    println!("{summary}");
+    assert!(
+        opened_at_start >= FLOOD,
+        "the flood never got going: {summary}"
+    );
+    assert!(
+        admitted_after > admitted_before,
+        "the daemon's pulls stopped being answered: {summary}"
+    );
+    assert_eq!(
+        hub_health_failures, 0,
+        "the hub's /health stopped: {summary}"
+    );
+    assert_eq!(emfile, 0, "the hub ran out of descriptors: {summary}");
     assert!(
         refused.is_some_and(|n| n >= (FLOOD as u64) / 2),
         "refused connections are not counted: {summary}"

@@ -320,13 +320,22 @@ pub fn kirqd_with(
 }
 
 pub fn hub(fleet: &Fleet, config: &Path, env: &[(&str, &str)]) -> Proc {
+    hub_with(fleet, config, &[], env)
+}
+
+/// `kirq-hub run --config CONFIG` under `wrapper` (e.g. `prlimit ... --`) when it is not empty;
+/// waits for the pull listener.
+pub fn hub_with(fleet: &Fleet, config: &Path, wrapper: &[&str], env: &[(&str, &str)]) -> Proc {
     let log = fleet.path(&format!("hub-{}.log", free_port()));
-    let p = Proc::spawn(
+    let mut argv: Vec<&str> = wrapper.to_vec();
+    argv.extend([
         env!("CARGO_BIN_EXE_kirq-hub"),
-        &["run", "--config", config.to_str().unwrap()],
-        &log,
-        env,
-    );
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let (program, args) = argv.split_first().expect("a program");
+    let p = Proc::spawn(program, args, &log, env);
     wait_for(Duration::from_secs(20), "kirq-hub pull listener", || {
         std::net::TcpStream::connect(("127.0.0.1", fleet.hub_port)).is_ok()
     });
