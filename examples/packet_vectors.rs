@@ -32,6 +32,7 @@ fn base(entropy_len: usize) -> Packet {
             byte_count: entropy_len as u32,
             commitment: [0x11; 32],
             node_signature: Vec::new(),
+            receipt: None,
         }],
         entropy: SecretBytes::new(entropy),
         proof: Vec::new(),
@@ -80,6 +81,7 @@ fn main() {
         byte_count: 4096,
         commitment: [0x22; 32],
         node_signature: Vec::new(),
+        receipt: None,
     });
     valid.push(json!({
         "name": "hybrid qrng+hsm, 4096 bytes",
@@ -101,6 +103,13 @@ fn main() {
     let mut v = good.encode_unsigned().to_vec();
     v[4] = 1;
     add_bad("unknown version 1", resign(v, &key), "unknown_version");
+    let mut v2 = good.encode_unsigned().to_vec();
+    v2[4] = 2;
+    add_bad(
+        "version 2 (before node receipts)",
+        resign(v2, &key),
+        "unknown_version",
+    );
     let mut m = good_bytes.clone();
     m[0] = b'X';
     add_bad("bad magic", m, "malformed");
@@ -131,6 +140,7 @@ fn main() {
             byte_count: 64,
             commitment: [0; 32],
             node_signature: Vec::new(),
+            receipt: None,
         })
         .collect();
     add_bad("17 sources", signed(&many, &key), "malformed");
@@ -234,7 +244,7 @@ fn main() {
     add_bad("stuck entropy", signed(&stuck, &key), "health_failed");
 
     let doc = json!({
-        "description": "Kirq packet vectors (format version 2). Verify with recipient, now_ms and max_skew_ms as given, trusting only public_key.",
+        "description": "Kirq packet vectors (format version 3). Verify with recipient, now_ms and max_skew_ms as given, trusting only public_key.",
         "recipient": RECIPIENT,
         "now_ms": NOW,
         "max_skew_ms": 5000,

@@ -47,6 +47,9 @@ pub struct DaemonMetrics {
     pub tls_handshake_failures: Counter,
     pub tls_connections_refused: Family<Label1, Counter>,
     pub http_rejected: Family<Label1, Counter>,
+    /// Node rounds seen in admitted packets, and the rounds a node numbered that never arrived.
+    pub node_rounds: Family<Label1, Counter>,
+    pub node_round_gaps: Family<Label1, Counter>,
     /// `entropy_requests_total{consumer="http",outcome="ok"}`, resolved once for the hot path.
     pub http_ok: Counter,
     /// `entropy_served_bytes_total{consumer="http"}`, resolved once for the hot path.
@@ -72,6 +75,8 @@ impl DaemonMetrics {
             tls_handshake_failures: Counter::default(),
             tls_connections_refused: Family::default(),
             http_rejected: Family::default(),
+            node_rounds: Family::default(),
+            node_round_gaps: Family::default(),
             http_ok: Counter::default(),
             http_served: Counter::default(),
         };
@@ -136,6 +141,17 @@ impl DaemonMetrics {
             m.tls_handshake_failures.clone(),
         );
         register_refusals(&mut registry, "packet", &m.tls_connections_refused);
+        registry.register(
+            "kirq_node_rounds",
+            "Decentralized rounds with a node's receipt in admitted packets, by node",
+            m.node_rounds.clone(),
+        );
+        registry.register(
+            "kirq_node_round_gaps",
+            "Rounds a node revealed for this daemon (its receipt numbers) that never arrived: \
+             a hub that discards rounds to pick outputs shows up here",
+            m.node_round_gaps.clone(),
+        );
         registry.register(
             "kirq_http_rejected",
             "HTTP API requests refused, by reason",

@@ -24,6 +24,9 @@ fn exported() -> BTreeSet<String> {
     m.request("http", "ok");
     m.served("http", 32);
     m.http_reject("rate_limited");
+    let node = [("node", "node-1".to_owned())];
+    m.node_rounds.get_or_create(&node).inc();
+    m.node_round_gaps.get_or_create(&node).inc();
     let text = m.encode();
     let mut names = BTreeSet::new();
     for line in text.lines() {

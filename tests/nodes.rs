@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{Fleet, Proc, free_port, get_json, wait_for};
+use common::{DAEMON_ID, Fleet, Proc, free_port, get_json, wait_for};
 use kirq::config::DecentralizedConfig;
 use kirq::crypto::falcon::{SigningKey, VerifyingKey};
 use kirq::crypto::{node_signing_digest, stark};
@@ -217,7 +217,7 @@ fn exclusion_line(node: &str, reason: &str, n: u64) -> String {
 /// A round with one misbehaving node completes with the other four and names the one.
 async fn round_without(hub: &Decentralized, bad: usize, why: Exclusion) {
     let round = hub.next_round();
-    let out = hub.round(round, &[]).await.unwrap();
+    let out = hub.round(round, DAEMON_ID, &[]).await.unwrap();
     assert_eq!(out.excluded, vec![(id(bad), why)]);
     assert_eq!(out.contributions.len(), N - 1);
     for c in &out.contributions {
@@ -245,7 +245,7 @@ async fn a_honest_round_has_verified_contributions_from_every_node() {
     let hub_source = stark::commit(1, "hub-local", &[7; 64]).unwrap();
     let round = hub.next_round();
     let out = hub
-        .round(round, &[("hub-local".to_owned(), hub_source)])
+        .round(round, DAEMON_ID, &[("hub-local".to_owned(), hub_source)])
         .await
         .unwrap();
     assert_eq!(out.round, round);
@@ -265,12 +265,19 @@ async fn a_honest_round_has_verified_contributions_from_every_node() {
     }
     // A round number is used once; the next one is fresh and works.
     assert_eq!(
-        hub.round(round, &[]).await.unwrap_err(),
+        hub.round(round, DAEMON_ID, &[]).await.unwrap_err(),
         QuorumError::StaleRound(round)
     );
     let next = hub.next_round();
     assert!(next > round);
-    assert_eq!(hub.round(next, &[]).await.unwrap().contributions.len(), N);
+    assert_eq!(
+        hub.round(next, DAEMON_ID, &[])
+            .await
+            .unwrap()
+            .contributions
+            .len(),
+        N
+    );
     let m = hub_metrics(&hub);
     assert!(
         m.contains("kirq_hub_node_contributions_total{node=\"node-1\"} 2"),
@@ -297,7 +304,7 @@ async fn b_a_withheld_reveal_is_excluded_and_the_offender_benched() {
     assert!(t.elapsed() >= Duration::from_millis(2500));
     // bench_after = 1: the next round does not ask node-3, so it does not wait for it either.
     let t = Instant::now();
-    let out = hub.round(hub.next_round(), &[]).await.unwrap();
+    let out = hub.round(hub.next_round(), DAEMON_ID, &[]).await.unwrap();
     assert!(
         t.elapsed() < Duration::from_millis(2500),
         "{:?}",
@@ -335,7 +342,10 @@ async fn e_three_bad_nodes_of_five_break_the_quorum_and_give_no_bytes() {
     // Commit phase: two down, one signing with an untrusted key: two commitments, three needed.
     let nodes = Nodes::start([Honest, Honest, Down, Down, RogueKey]);
     let hub = nodes.hub(5000, 3);
-    let err = hub.round(hub.next_round(), &[]).await.unwrap_err();
+    let err = hub
+        .round(hub.next_round(), DAEMON_ID, &[])
+        .await
+        .unwrap_err();
     assert_eq!(
         err,
         QuorumError::QuorumNotMet {
@@ -357,7 +367,10 @@ async fn e_three_bad_nodes_of_five_break_the_quorum_and_give_no_bytes() {
     // Reveal phase: three commit, one of them withholds: two reveals, three needed.
     let nodes = Nodes::start([Honest, Down, Withhold, Honest, Down]);
     let hub = nodes.hub(1500, 3);
-    let err = hub.round(hub.next_round(), &[]).await.unwrap_err();
+    let err = hub
+        .round(hub.next_round(), DAEMON_ID, &[])
+        .await
+        .unwrap_err();
     assert_eq!(
         err,
         QuorumError::QuorumNotMet {
@@ -407,8 +420,7 @@ async fn f_a_node_reveals_once_and_only_when_shown_a_quorum() {
         }));
     }
     let reveal = nodes.url(0, "/api/node/reveal");
-    let ask =
-        |list: Vec<Value>| json!({"round": round, "commitments": list, "hub_commitments": []});
+    let ask = |list: Vec<Value>| json!({"round": round, "recipient": DAEMON_ID, "commitments": list, "hub_commitments": []});
 
     // Two valid commitments: fewer than k.
     let (s, e) = post(&client, &reveal, ask(signed[..2].to_vec())).await;
@@ -444,7 +456,7 @@ async fn f_a_node_reveals_once_and_only_when_shown_a_quorum() {
     let (s, e) = post(
         &client,
         &reveal,
-        json!({"round": 43, "commitments": signed, "hub_commitments": []}),
+        json!({"round": 43, "recipient": DAEMON_ID, "commitments": signed, "hub_commitments": []}),
     )
     .await;
     assert_eq!((s, e["reason"].as_str()), (404, Some("unknown_round")));
@@ -507,14 +519,14 @@ async fn g_malformed_and_oversized_requests_get_precise_errors_and_are_counted()
         (
             reveal,
             "application/json",
-            br#"{"round":1,"commitments":[{"node_id":"node-2","commitment":"zz","signature":"AA=="}],"hub_commitments":[]}"#.to_vec(),
+            br#"{"round":1,"recipient":"kirqd-1","commitments":[{"node_id":"node-2","commitment":"zz","signature":"AA=="}],"hub_commitments":[]}"#.to_vec(),
             400,
             "bad_field",
         ),
         (
             reveal,
             "application/json",
-            br#"{"round":1,"commitments":[],"hub_commitments":[{"source_id":"a b","commitment":"00"}]}"#.to_vec(),
+            br#"{"round":1,"recipient":"kirqd-1","commitments":[],"hub_commitments":[{"source_id":"a b","commitment":"00"}]}"#.to_vec(),
             400,
             "bad_field",
         ),
@@ -532,7 +544,7 @@ async fn g_malformed_and_oversized_requests_get_precise_errors_and_are_counted()
     let (s, e) = post(
         &client,
         reveal,
-        json!({"round": 1, "commitments": too_many, "hub_commitments": []}),
+        json!({"round": 1, "recipient": DAEMON_ID, "commitments": too_many, "hub_commitments": []}),
     )
     .await;
     assert_eq!((s, e["reason"].as_str()), (400, Some("too_many_entries")));

@@ -374,3 +374,59 @@ fn one_daemon_gets_no_more_than_its_share_of_the_hub() {
     let h = get_json(&f.http("/api/rng/health"));
     assert_eq!(h["hubs"][0]["reachable"], true, "{h}");
 }
+
+/// Promise: a hub cannot quietly choose which rounds to deliver. Nodes number the rounds they
+/// reveal for a daemon; a hub that delivers only every other round (to pick outputs) leaves
+/// numbers that never arrive, and kirqd counts them per node (`kirq_node_round_gaps_total`, the
+/// `KirqNodeRoundsDropped` alert), while a hub that delivers every round leaves none.
+#[test]
+fn a_hub_that_drops_every_other_round_shows_up_as_gaps() {
+    let f = Fleet::new();
+    let node = kirq::crypto::falcon::SigningKey::generate();
+    node.write_pair(f.dir.path(), "node-1").unwrap();
+    let trust = "[[trust.nodes]]\nid = \"node-1\"\npublic_key = \"node-1.pub\"\n";
+    let cfg = f.daemon_config_trust(false, trust, "[fallback]\nenabled = false");
+    let _d = kirqd(&f, &cfg, &[]);
+    let send = |sequence: u64| {
+        let mut p = f.packet(256);
+        p.round = fresh_round(sequence);
+        let commitment = [7u8; 32];
+        p.provenance.push(kirq::wire::SourceEntry {
+            kind: kirq::wire::SourceKind::Decentralized,
+            id: "node-1".into(),
+            byte_count: 64,
+            commitment,
+            node_signature: node.sign(&kirq::crypto::node_signing_digest(
+                p.round,
+                "node-1",
+                &commitment,
+            )),
+            receipt: None,
+        });
+        sign_receipts(&mut p, &[("node-1", &node)], DAEMON_ID, sequence);
+        let (status, body) = f.push(&p);
+        assert_eq!(status, 200, "{body}");
+    };
+    let gaps = || {
+        let m = reqwest::blocking::get(f.http("/metrics"))
+            .unwrap()
+            .text()
+            .unwrap();
+        m.lines()
+            .find_map(|l| l.strip_prefix("kirq_node_round_gaps_total{node=\"node-1\"} "))
+            .map_or(0, |v| v.parse::<u64>().unwrap())
+    };
+    // Every round delivered: no gap.
+    for s in 1..=40 {
+        send(s);
+    }
+    assert_eq!(gaps(), 0);
+    // Then only every other round.
+    for s in (41..=200).step_by(2) {
+        send(s);
+    }
+    let window = kirq::daemon::continuity::WINDOW;
+    // 42, 44, ..., 198 never arrived: 79 rounds, of which the 16 newest are still within the
+    // out-of-order window.
+    assert_eq!(gaps(), 79 - window / 2);
+}

@@ -68,6 +68,7 @@ impl Setup {
                 byte_count: 64,
                 commitment: *c,
                 node_signature: key.sign(&kirq::crypto::node_signing_digest(round, id, c)),
+                receipt: None,
             })
             .collect();
         provenance.push(SourceEntry {
@@ -76,6 +77,7 @@ impl Setup {
             byte_count: OUT as u32,
             commitment: proven.commitments[3],
             node_signature: Vec::new(),
+            receipt: None,
         });
         let mut p = self.f.packet(OUT);
         p.mix_alg = MIX_RP64;
@@ -84,7 +86,14 @@ impl Setup {
         p.provenance = provenance;
         p.entropy = proven.output;
         p.proof = proven.proof;
+        self.receipts(&mut p);
         p
+    }
+
+    /// The nodes' receipts over the packet's commitment set as it is now.
+    fn receipts(&self, p: &mut Packet) {
+        let keys: Vec<(&str, &SigningKey)> = NODES.iter().copied().zip(&self.nodes).collect();
+        sign_receipts(p, &keys, DAEMON_ID, 1);
     }
 
     fn signed(&self, p: &Packet) -> Vec<u8> {
@@ -103,23 +112,33 @@ impl Setup {
 #[test]
 fn proven_packets_are_admitted_and_tampering_is_refused() {
     let s = Setup::start();
-    let good = s.packet(1_000);
+    let good = s.packet(fresh_round(0));
     let (status, resp) = s.f.push_raw(s.signed(&good));
     assert_eq!(status, 200, "{resp}");
     assert_eq!(s.pool(), (OUT as u64, OUT as u64));
 
     // One output byte flipped, re-signed by the hub: only the proof can tell.
-    let mut p = s.packet(1_001);
+    let mut p = s.packet(fresh_round(1));
     p.entropy.expose_mut()[5] ^= 0x01;
     s.expect_reject("output byte flipped", s.signed(&p), "bad_proof");
 
-    // The bulk source's commitment changed (the hub's own: no node signature covers it).
-    let mut p = s.packet(1_002);
+    // The bulk source's commitment changed after the nodes revealed: their receipts name the
+    // set they were shown, so a hub cannot pick its contribution after seeing theirs.
+    let mut p = s.packet(fresh_round(2));
     p.provenance[3].commitment[0] ^= 0x01;
+    s.expect_reject(
+        "hub commitment changed after the reveals",
+        s.signed(&p),
+        "bad_node_receipt",
+    );
+    // Changed before (the receipts name it): the proof shows the output is not its mix.
+    let mut p = s.packet(fresh_round(12));
+    p.provenance[3].commitment[0] ^= 0x01;
+    s.receipts(&mut p);
     s.expect_reject("hub commitment changed", s.signed(&p), "bad_proof");
 
     // A node's commitment changed: its signature no longer matches.
-    let mut p = s.packet(1_003);
+    let mut p = s.packet(fresh_round(3));
     p.provenance[1].commitment[7] ^= 0x80;
     s.expect_reject(
         "node commitment changed",
@@ -128,23 +147,23 @@ fn proven_packets_are_admitted_and_tampering_is_refused() {
     );
 
     // One proof byte changed, in the middle of the proof.
-    let mut p = s.packet(1_004);
+    let mut p = s.packet(fresh_round(4));
     let mid = p.proof.len() / 2;
     p.proof[mid] ^= 0x01;
     s.expect_reject("proof byte changed", s.signed(&p), "bad_proof");
 
     // The proof of another packet (same shape, other contributions).
-    let donor = s.packet(1_005);
-    let mut p = s.packet(1_005);
+    let donor = s.packet(fresh_round(5));
+    let mut p = s.packet(fresh_round(5));
     p.proof = donor.proof;
     s.expect_reject("proof from another packet", s.signed(&p), "bad_proof");
 
     // A commitment signed by a node the daemon does not trust, under a trusted node's id.
-    let mut p = s.packet(1_006);
+    let mut p = s.packet(fresh_round(6));
     let stranger = SigningKey::generate();
     let c = p.provenance[2].commitment;
     p.provenance[2].node_signature =
-        stranger.sign(&kirq::crypto::node_signing_digest(1_006, NODES[2], &c));
+        stranger.sign(&kirq::crypto::node_signing_digest(p.round, NODES[2], &c));
     s.expect_reject(
         "untrusted node signature",
         s.signed(&p),
@@ -152,18 +171,19 @@ fn proven_packets_are_admitted_and_tampering_is_refused() {
     );
 
     // Only two nodes: below the daemon's quorum of three.
-    let mut p = s.packet(1_007);
+    let mut p = s.packet(fresh_round(7));
     p.provenance.remove(0);
+    s.receipts(&mut p);
     s.expect_reject("two nodes of three", s.signed(&p), "quorum_not_met");
 
     // Without a proof: refused, the daemon requires one.
-    let mut p = s.packet(1_008);
+    let mut p = s.packet(fresh_round(8));
     p.proof_alg = kirq::wire::PROOF_NONE;
     p.proof.clear();
     s.expect_reject("no proof", s.signed(&p), "proof_required");
 
     // And an honest packet still goes through afterwards.
-    let (status, resp) = s.f.push_raw(s.signed(&s.packet(1_009)));
+    let (status, resp) = s.f.push_raw(s.signed(&s.packet(fresh_round(9))));
     assert_eq!(status, 200, "{resp}");
     assert_eq!(s.pool(), (2 * OUT as u64, 2 * OUT as u64));
 }

@@ -375,6 +375,14 @@ impl DaemonConfig {
                 ),
             ));
         }
+        if self.trust.min_node_quorum > 0 && !self.trust.require_proof {
+            // Without a proof nothing shows the nodes' bytes were mixed in at all.
+            return Err(invalid(
+                "trust.min_node_quorum",
+                "a node quorum needs trust.require_proof = true: without a proof nothing shows \
+                 the nodes' bytes were mixed in",
+            ));
+        }
         if self.trust.replay_cache_entries < 1024 {
             return Err(invalid(
                 "trust.replay_cache_entries",

@@ -80,6 +80,12 @@ fn validation_names_the_key() {
             "trust.min_node_quorum",
         ),
         (
+            "hub_keys = [\"hub.pub\"]",
+            "hub_keys = [\"hub.pub\"]\nmin_node_quorum = 1\n\
+             [[trust.nodes]]\nid = \"n1\"\npublic_key = \"n1.pub\"",
+            "trust.min_node_quorum",
+        ),
+        (
             "[receive]",
             "[[trust.nodes]]\nid = \"n 1\"\npublic_key = \"n.pub\"\n[receive]",
             "trust.nodes.id",
@@ -98,6 +104,18 @@ fn validation_names_the_key() {
             other => panic!("{to}: expected Invalid({key}), got {other:?}"),
         }
     }
+    // A node quorum without a required proof names both keys.
+    let text = DAEMON.replace(
+        "hub_keys = [\"hub.pub\"]",
+        "hub_keys = [\"hub.pub\"]\nmin_node_quorum = 1\n[[trust.nodes]]\nid = \"n1\"\npublic_key = \"n1.pub\"",
+    );
+    let e = DaemonConfig::load(&write(dir.path(), &text))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("trust.min_node_quorum") && e.contains("trust.require_proof"),
+        "{e}"
+    );
 }
 
 #[test]

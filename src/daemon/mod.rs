@@ -6,6 +6,7 @@
 //! one), the fallback monitor (local entropy, loudly, after
 //! `fallback.after_secs` without any hub), and the HTTP shim ([`crate::http`]).
 
+pub mod continuity;
 pub mod notify;
 mod state;
 pub use state::{Daemon, FrameError, HubStatus, MAX_HTTP_WAITERS, ReceiveError};

@@ -66,6 +66,8 @@ pub struct Daemon {
     /// Provenance classes consumers asked for and the pool lacked: pulled next, by kind.
     wanted: Mutex<Vec<Provenance>>,
     device_status: Mutex<crate::device::DeviceStatus>,
+    /// Each trusted node's round numbers, to see rounds a hub discarded.
+    continuity: Mutex<super::continuity::Continuity>,
     /// HTTP requests allowed to wait for a refill at once (`http.max_wait_ms`).
     pub http_waiters: tokio::sync::Semaphore,
     kernel_status: Mutex<crate::kernel::FeederStatus>,
@@ -159,6 +161,7 @@ impl Daemon {
             )),
             hub_quality: Mutex::new(HashMap::new()),
             wanted: Mutex::new(Vec::new()),
+            continuity: Mutex::new(Default::default()),
             http_waiters: tokio::sync::Semaphore::new(MAX_HTTP_WAITERS),
             device_status: Mutex::new(crate::device::DeviceStatus {
                 mode: "off",
@@ -245,6 +248,7 @@ impl Daemon {
         let key = format!("hub:{}", verified.key_id());
         let nonce = verified.nonce();
         let class = verified.class();
+        self.check_continuity(&verified);
         {
             let mut q = lock(&self.hub_quality);
             let h = q.entry(key.clone()).or_insert_with(|| self.new_quality());
@@ -265,6 +269,29 @@ impl Daemon {
                 self.metrics.reject("pool_full");
                 tracing::debug!(error = %e, "packet verified but pool is full");
                 Err(ReceiveError::Pool(e))
+            }
+        }
+    }
+
+    /// Counts each node's round and any of its round numbers now known to be missing.
+    fn check_continuity(&self, verified: &crate::verify::VerifiedPacket) {
+        let mut c = lock(&self.continuity);
+        for s in verified.provenance() {
+            let Some(r) = &s.receipt else { continue };
+            let node = [("node", s.id.clone())];
+            self.metrics.node_rounds.get_or_create(&node).inc();
+            let missing = c.observe(&s.id, r.epoch, r.sequence);
+            if missing > 0 {
+                self.metrics
+                    .node_round_gaps
+                    .get_or_create(&node)
+                    .inc_by(missing);
+                tracing::warn!(
+                    node = %s.id,
+                    missing,
+                    sequence = r.sequence,
+                    "rounds this node revealed for this daemon never arrived (discarded by a hub?)"
+                );
             }
         }
     }

@@ -374,10 +374,11 @@ impl PacketFactory {
             };
         }
         let mut node_bits = 0.0;
+        let mut shown_only = Vec::new();
         if want_nodes && let Some(d) = &self.decentralized {
             let hub_commitments: Vec<(String, stark::Commitment)> =
                 parts.iter().map(|p| (p.id.clone(), p.commitment)).collect();
-            match d.round(round, &hub_commitments).await {
+            match d.round(round, recipient, &hub_commitments).await {
                 Ok(outcome) => {
                     for (node, why) in &outcome.excluded {
                         tracing::warn!(round, node, reason = %why, "node left out of the round");
@@ -386,6 +387,7 @@ impl PacketFactory {
                     // not the sum.
                     node_bits = d.bytes_per_node() as f64 * 8.0;
                     parts.extend(outcome.contributions.into_iter().map(Piece::from_node));
+                    shown_only = outcome.shown_only;
                 }
                 Err(e) => {
                     tracing::warn!(round, error = %e, "no decentralized bytes this round");
@@ -410,8 +412,22 @@ impl PacketFactory {
                 let keep = parts.swap_remove(i);
                 parts = vec![keep];
                 node_bits = 0.0;
+                shown_only.clear();
             }
         }
+        // Nodes shown at reveal that did not contribute: listed with no bytes, so a daemon can
+        // recompute the commitment set the contributing nodes signed in their receipts.
+        let shown: Vec<SourceEntry> = shown_only
+            .into_iter()
+            .map(|s| SourceEntry {
+                kind: SourceKind::Decentralized,
+                id: s.node_id,
+                byte_count: 0,
+                commitment: s.commitment,
+                node_signature: s.signature,
+                receipt: None,
+            })
+            .collect();
         let count = sources(&parts);
         let mode = match (only, count >= need) {
             (Some(_), _) => "source",
@@ -452,9 +468,9 @@ impl PacketFactory {
         self.hm.packets.get_or_create(&l1("mode", mode)).inc();
         if !provable {
             self.pm.packets.get_or_create(&l1("proof", "off")).inc();
-            return Ok(self.sign(recipient, round, out_len, &parts, metrics));
+            return Ok(self.sign(recipient, round, out_len, &parts, shown, metrics));
         }
-        self.sign_provable(recipient, round, out_len, parts, metrics)
+        self.sign_provable(recipient, round, out_len, parts, shown, metrics)
             .await
     }
 
@@ -466,6 +482,7 @@ impl PacketFactory {
         round: u64,
         out_len: usize,
         parts: Vec<Piece>,
+        shown: Vec<SourceEntry>,
         metrics: &HubMetrics,
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, BuildError> {
         let permit = match self.proof.mode {
@@ -512,7 +529,7 @@ impl PacketFactory {
             .packets
             .get_or_create(&l1("proof", if proven { "proven" } else { "unproven" }))
             .inc();
-        let provenance = parts.iter().map(Piece::entry).collect();
+        let provenance = parts.iter().map(Piece::entry).chain(shown).collect();
         let proof_alg = if proven { PROOF_STARK_RP64 } else { PROOF_NONE };
         Ok(self.finish(
             recipient, round, MIX_RP64, proof_alg, provenance, entropy, proof, metrics,
@@ -658,6 +675,7 @@ impl PacketFactory {
         round: u64,
         out_len: usize,
         parts: &[Piece],
+        shown: Vec<SourceEntry>,
         metrics: &HubMetrics,
     ) -> zeroize::Zeroizing<Vec<u8>> {
         let contributions: Vec<Contribution<'_>> = parts
@@ -668,7 +686,7 @@ impl PacketFactory {
             })
             .collect();
         let entropy = mix(&contributions, out_len);
-        let provenance = parts.iter().map(Piece::entry).collect();
+        let provenance = parts.iter().map(Piece::entry).chain(shown).collect();
         self.finish(
             recipient,
             round,
@@ -725,6 +743,7 @@ struct Piece {
     bytes: SecretBytes,
     commitment: [u8; 32],
     node_signature: Vec<u8>,
+    receipt: Option<crate::wire::NodeReceipt>,
     /// The hub source's weight and declared min-entropy; `None` for a node.
     weight: Option<u32>,
     min_entropy: f64,
@@ -738,6 +757,7 @@ impl Piece {
             bytes,
             commitment: [0; 32],
             node_signature: Vec::new(),
+            receipt: None,
             weight: Some(s.settings.weight),
             min_entropy: s.source.min_entropy_per_byte(),
         }
@@ -750,6 +770,7 @@ impl Piece {
             bytes: c.bytes,
             commitment: c.commitment,
             node_signature: c.signature,
+            receipt: Some(c.receipt),
             weight: None,
             min_entropy: 0.0,
         }
@@ -767,6 +788,7 @@ impl Piece {
             byte_count: u32::try_from(self.bytes.len()).unwrap_or(MAX_CONTRIBUTION_BYTES),
             commitment: self.commitment,
             node_signature: self.node_signature.clone(),
+            receipt: self.receipt.clone(),
         }
     }
 }

@@ -162,10 +162,16 @@ pub struct NodeState {
     /// finds the first one's commitment instead of drawing again.
     draw_turn: tokio::sync::Mutex<()>,
     rounds: Mutex<Rounds>,
+    /// This run's receipt epoch (random at start) and the reveals numbered per recipient.
+    epoch: u64,
+    sequences: Mutex<HashMap<String, u64>>,
     metrics: Arc<NodeMetrics>,
     fault: Option<Fault>,
     last_log_ms: AtomicU64,
 }
+
+/// Most recipients a node numbers reveals for (one counter each) before it refuses new ones.
+pub const MAX_RECIPIENTS: usize = 100_000;
 
 impl std::fmt::Debug for NodeState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -208,6 +214,13 @@ impl NodeState {
                 Duration::from_secs(cfg.round_ttl_secs),
                 cfg.max_open_rounds,
             )),
+            epoch: {
+                let mut b = [0u8; 8];
+                getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("OS RNG: {e}"))?;
+                // Never 0: 0 marks "no receipt" on the wire.
+                u64::from_be_bytes(b).max(1)
+            },
+            sequences: Mutex::new(HashMap::new()),
             metrics: Arc::new(NodeMetrics::new()),
             fault,
             last_log_ms: AtomicU64::new(0),
@@ -543,6 +556,11 @@ fn bad_field(msg: String) -> Refusal {
 /// Checks every field of a reveal request and counts the valid signed commitments.
 fn examine(state: &NodeState, req: &RevealRequest) -> Result<Shown, Refusal> {
     check_round(req.round)?;
+    if !crate::wire::is_valid_id(&req.recipient) {
+        return Err(bad_field(
+            "recipient must be 1-64 characters from [A-Za-z0-9._-]".into(),
+        ));
+    }
     if req.commitments.len() > MAX_LIST || req.hub_commitments.len() > MAX_LIST {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
@@ -674,10 +692,34 @@ async fn reveal_inner(
             ),
         ));
     }
+    let set =
+        proto::shown_set(&req).ok_or_else(|| bad_field("a commitment does not parse".into()))?;
+    let mut seqs = lock(&state.sequences);
+    if seqs.len() >= MAX_RECIPIENTS && !seqs.contains_key(&req.recipient) {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_recipients",
+            format!("this node numbers reveals for at most {MAX_RECIPIENTS} recipients"),
+        ));
+    }
     let mut bytes = rounds
         .take(&client, req.round)
         .map_err(|e| refuse(StatusCode::CONFLICT, e.reason(), e.to_string()))?;
     drop(rounds);
+    // Numbered only once the bytes are out: every number a daemon can miss was revealed.
+    let sequence = {
+        let n = seqs.entry(req.recipient.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    drop(seqs);
+    let receipt = state.key.sign(&crate::crypto::node_receipt_digest(
+        req.round,
+        &req.recipient,
+        state.epoch,
+        sequence,
+        &set,
+    ));
     tracing::info!(
         round = req.round,
         commitments = shown.valid,
@@ -694,6 +736,9 @@ async fn reveal_inner(
         node_id: state.id.clone(),
         round: req.round,
         bytes: proto::encode_bytes(bytes.expose()),
+        epoch: state.epoch,
+        sequence,
+        receipt: proto::encode_signature(&receipt),
     };
     bytes.wipe();
     let body = zeroize::Zeroizing::new(serde_json::to_vec(&answer).unwrap_or_default());

@@ -63,27 +63,56 @@ pub struct HubCommitment {
 #[serde(deny_unknown_fields)]
 pub struct RevealRequest {
     pub round: u64,
+    /// The daemon the round's packet is for: named in the node's receipt.
+    pub recipient: String,
     pub commitments: Vec<SignedCommitment>,
     pub hub_commitments: Vec<HubCommitment>,
 }
 
-/// The answer to a reveal: the committed bytes, base64. `Debug` hides them.
+/// The answer to a reveal: the committed bytes (base64), and the node's receipt: its signature
+/// over [`crate::crypto::node_receipt_digest`]`(round, recipient, epoch, sequence, set)`, where
+/// `set` is the digest of every commitment the request showed. `Debug` hides the bytes.
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RevealResponse {
     pub node_id: String,
     pub round: u64,
     pub bytes: String,
+    pub epoch: u64,
+    pub sequence: u64,
+    pub receipt: String,
 }
 
 impl std::fmt::Debug for RevealResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "RevealResponse {{ node_id: {:?}, round: {}, .. }}",
-            self.node_id, self.round
+            "RevealResponse {{ node_id: {:?}, round: {}, sequence: {}, .. }}",
+            self.node_id, self.round, self.sequence
         )
     }
+}
+
+/// The commitment set a reveal request shows, as [`crate::crypto::commitment_set_digest`]
+/// takes it; `None` when a commitment does not parse.
+pub fn shown_set(req: &RevealRequest) -> Option<[u8; 32]> {
+    use crate::crypto::Committer;
+    let mut entries = Vec::with_capacity(req.hub_commitments.len() + req.commitments.len());
+    for h in &req.hub_commitments {
+        entries.push((
+            Committer::Hub,
+            h.source_id.as_str(),
+            parse_commitment(&h.commitment)?,
+        ));
+    }
+    for c in &req.commitments {
+        entries.push((
+            Committer::Node,
+            c.node_id.as_str(),
+            parse_commitment(&c.commitment)?,
+        ));
+    }
+    Some(crate::crypto::commitment_set_digest(&entries))
 }
 
 /// Every refusal: a message for people and a fixed reason (also the metric label).
@@ -141,6 +170,9 @@ mod tests {
             node_id: "n".into(),
             round: 1,
             bytes: "c2VjcmV0".into(),
+            epoch: 1,
+            sequence: 1,
+            receipt: String::new(),
         };
         assert!(!format!("{r:?}").contains("c2VjcmV0"));
     }

@@ -56,6 +56,18 @@ pub struct NodeContribution {
     pub commitment: Commitment,
     pub signature: Vec<u8>,
     pub bytes: SecretBytes,
+    /// The node's receipt for this round, recipient and shown commitment set.
+    pub receipt: crate::wire::NodeReceipt,
+}
+
+/// A node whose signed commitment was shown at reveal but whose bytes are not in the round
+/// (withheld, mismatched): the packet still lists it, so daemons can recompute the set the
+/// contributing nodes signed in their receipts.
+#[derive(Debug)]
+pub struct ShownOnly {
+    pub node_id: String,
+    pub commitment: Commitment,
+    pub signature: Vec<u8>,
 }
 
 /// A completed round: at least k contributions, in configured node order.
@@ -63,6 +75,7 @@ pub struct NodeContribution {
 pub struct RoundOutcome {
     pub round: u64,
     pub contributions: Vec<NodeContribution>,
+    pub shown_only: Vec<ShownOnly>,
     pub excluded: Vec<(String, Exclusion)>,
 }
 
@@ -403,9 +416,10 @@ impl Decentralized {
     pub async fn round(
         &self,
         round: u64,
+        recipient: &str,
         hub_commitments: &[(String, Commitment)],
     ) -> Result<RoundOutcome, QuorumError> {
-        let r = self.round_inner(round, hub_commitments).await;
+        let r = self.round_inner(round, recipient, hub_commitments).await;
         let outcome = match &r {
             Ok(_) => "complete",
             Err(QuorumError::QuorumNotMet {
@@ -422,6 +436,7 @@ impl Decentralized {
     async fn round_inner(
         &self,
         round: u64,
+        recipient: &str,
         hub_commitments: &[(String, Commitment)],
     ) -> Result<RoundOutcome, QuorumError> {
         if round > MAX_ROUND {
@@ -484,6 +499,7 @@ impl Decentralized {
         // Reveal.
         let reveal = RevealRequest {
             round,
+            recipient: recipient.to_owned(),
             commitments: committed
                 .iter()
                 .map(|(i, c, s)| SignedCommitment {
@@ -503,20 +519,33 @@ impl Decentralized {
         }))
         .await;
         let mut contributions = Vec::new();
+        let mut shown_only = Vec::new();
         for (i, commitment, signature, a) in answers {
             match a {
-                Answer::Ok(bytes) => contributions.push((
+                Answer::Ok((bytes, receipt)) => contributions.push((
                     i,
                     NodeContribution {
                         node_id: self.nodes[i].id.clone(),
                         commitment,
                         signature,
                         bytes,
+                        receipt,
                     },
                 )),
-                Answer::Excluded(e) => excluded.push((i, e)),
+                Answer::Excluded(e) => {
+                    excluded.push((i, e));
+                    shown_only.push((
+                        i,
+                        ShownOnly {
+                            node_id: self.nodes[i].id.clone(),
+                            commitment,
+                            signature,
+                        },
+                    ));
+                }
             }
         }
+        shown_only.sort_by_key(|(i, _)| *i);
         if contributions.len() < self.quorum {
             let have = contributions.len();
             // Dropping the contributions zeroes their bytes: none of them is used.
@@ -534,6 +563,7 @@ impl Decentralized {
         Ok(RoundOutcome {
             round,
             contributions: contributions.into_iter().map(|(_, c)| c).collect(),
+            shown_only: shown_only.into_iter().map(|(_, s)| s).collect(),
             excluded: self.named(excluded),
         })
     }
@@ -624,8 +654,8 @@ impl Decentralized {
         round: u64,
         commitment: &Commitment,
         req: &RevealRequest,
-    ) -> Answer<SecretBytes> {
-        let limit = self.bytes_per_node.div_ceil(3) * 4 + 512;
+    ) -> Answer<(SecretBytes, crate::wire::NodeReceipt)> {
+        let limit = self.bytes_per_node.div_ceil(3) * 4 + 2048;
         let fut = async {
             let resp = self.client.post(&node.reveal_url).json(req).send().await;
             let body = read_answer(resp, limit, &node.id, "reveal").await?;
@@ -634,13 +664,40 @@ impl Decentralized {
             let bytes = proto::decode_bytes(&a.bytes).map(SecretBytes::new);
             zeroize::Zeroize::zeroize(&mut a.bytes);
             let bytes = bytes.ok_or(Exclusion::BadResponse)?;
-            if a.node_id != node.id || a.round != round || bytes.len() != self.bytes_per_node {
+            if a.node_id != node.id
+                || a.round != round
+                || bytes.len() != self.bytes_per_node
+                || a.epoch == 0
+                || a.sequence == 0
+            {
                 return Err(Exclusion::BadResponse);
             }
             match stark::commit(round, &node.id, bytes.expose()) {
-                Ok(c) if c == *commitment => Ok(bytes),
-                _ => Err(Exclusion::Mismatch),
+                Ok(c) if c == *commitment => {}
+                _ => return Err(Exclusion::Mismatch),
             }
+            // The receipt must be the node's, over exactly what it was shown: a daemon refuses
+            // the packet otherwise.
+            let sig = proto::parse_signature(&a.receipt).ok_or(Exclusion::BadSignature)?;
+            let set = proto::shown_set(req).ok_or(Exclusion::BadResponse)?;
+            let digest = crate::crypto::node_receipt_digest(
+                round,
+                &req.recipient,
+                a.epoch,
+                a.sequence,
+                &set,
+            );
+            if !node.key.verify(&digest, &sig) {
+                return Err(Exclusion::BadSignature);
+            }
+            Ok((
+                bytes,
+                crate::wire::NodeReceipt {
+                    epoch: a.epoch,
+                    sequence: a.sequence,
+                    signature: sig,
+                },
+            ))
         };
         match tokio::time::timeout(self.reveal_timeout, fut).await {
             Ok(Ok(v)) => Answer::Ok(v),

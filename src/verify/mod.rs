@@ -54,6 +54,12 @@ pub enum Reject {
     BadSignature,
     #[error("node {node}: {why}")]
     BadNodeSignature { node: String, why: &'static str },
+    #[error("node {node}: receipt {why}")]
+    BadNodeReceipt { node: String, why: &'static str },
+    #[error("the nodes' round is not within the packet lifetime and clock skew of its issue time")]
+    StaleRound,
+    #[error("round already admitted with nodes (replayed round)")]
+    RoundReplayed,
     #[error("{have} trusted node commitments, at least {need} required")]
     QuorumNotMet { have: usize, need: usize },
     #[error("a mixing proof is required and the packet has none")]
@@ -83,6 +89,9 @@ impl Reject {
             Self::UnknownKey(_) => "unknown_key",
             Self::BadSignature => "bad_signature",
             Self::BadNodeSignature { .. } => "bad_node_signature",
+            Self::BadNodeReceipt { .. } => "bad_node_receipt",
+            Self::StaleRound => "stale_round",
+            Self::RoundReplayed => "round_replayed",
             Self::QuorumNotMet { .. } => "quorum_not_met",
             Self::ProofRequired => "proof_required",
             Self::UnsupportedProof(_) | Self::ProofForOtherMixer(_) | Self::BadProof(_) => {
@@ -109,6 +118,9 @@ impl Reject {
         "unknown_key",
         "bad_signature",
         "bad_node_signature",
+        "bad_node_receipt",
+        "stale_round",
+        "round_replayed",
         "quorum_not_met",
         "proof_required",
         "bad_proof",
@@ -166,6 +178,15 @@ pub struct Policy {
     pub min_node_quorum: usize,
     pub replay_capacity: usize,
     pub alpha_exp: u32,
+}
+
+/// The replay-cache key of a round that nodes backed: rounds share the cache (and the journal)
+/// with nonces, under a tag that no 16-byte nonce drawn at random will hit.
+fn round_key(round: u64) -> [u8; 16] {
+    let h = crate::crypto::tagged_hash("kirq/round/v1", &[&round.to_be_bytes()]);
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&h[..16]);
+    k
 }
 
 /// A verified packet whose nonce is not yet durable in the replay journal. [`Verifier::sync`]
@@ -272,11 +293,28 @@ impl Verifier {
             Arc::new(nodes.into_iter().collect());
     }
 
-    /// Checks each decentralized entry's node signature; returns how many distinct trusted nodes
-    /// signed.
+    /// Checks each decentralized entry: its signed commitment, and for a contributing node its
+    /// receipt over (round, this daemon, its epoch and sequence, the packet's whole commitment
+    /// set). Returns how many distinct trusted nodes gave a valid receipt. A node shown at reveal
+    /// that did not contribute needs no receipt, and need not be trusted (its commitment only
+    /// completes the set); if it is trusted its commitment signature must still verify.
     fn check_nodes(&self, pkt: &Packet) -> Result<usize, Reject> {
         let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut signed = std::collections::HashSet::new();
+        let entries: Vec<(crate::crypto::Committer, &str, [u8; 32])> = pkt
+            .provenance
+            .iter()
+            .map(|s| {
+                let who = if s.kind == SourceKind::Decentralized {
+                    crate::crypto::Committer::Node
+                } else {
+                    crate::crypto::Committer::Hub
+                };
+                (who, s.id.as_str(), s.commitment)
+            })
+            .collect();
+        // First every signed commitment (a forged one is named as such), then the receipts.
+        let mut listed = std::collections::HashSet::new();
+        let mut signed = Vec::new();
         for s in pkt
             .provenance
             .iter()
@@ -286,16 +324,41 @@ impl Verifier {
                 node: s.id.clone(),
                 why,
             };
-            let key = nodes.get(&s.id).ok_or_else(|| bad("not a trusted node"))?;
+            if !listed.insert(s.id.as_str()) {
+                return Err(bad("listed twice"));
+            }
+            let key = match nodes.get(&s.id) {
+                Some(k) => k,
+                None if !s.contributes() => continue,
+                None => return Err(bad("not a trusted node")),
+            };
             let digest = crate::crypto::node_signing_digest(pkt.round, &s.id, &s.commitment);
             if !key.verify(&digest, &s.node_signature) {
                 return Err(bad("signature on its commitment does not verify"));
             }
-            if !signed.insert(s.id.as_str()) {
-                return Err(bad("listed twice"));
-            }
+            signed.push((s, key));
         }
-        Ok(signed.len())
+        let mut set = None;
+        let mut receipted = std::collections::HashSet::new();
+        for (s, key) in signed {
+            let Some(r) = &s.receipt else { continue };
+            let set = *set.get_or_insert_with(|| crate::crypto::commitment_set_digest(&entries));
+            let digest = crate::crypto::node_receipt_digest(
+                pkt.round,
+                &self.policy.recipient,
+                r.epoch,
+                r.sequence,
+                &set,
+            );
+            if !key.verify(&digest, &r.signature) {
+                return Err(Reject::BadNodeReceipt {
+                    node: s.id.clone(),
+                    why: "does not verify for this round, this daemon and this commitment set",
+                });
+            }
+            receipted.insert(s.id.as_str());
+        }
+        Ok(receipted.len())
     }
 
     pub fn trusted_key_ids(&self) -> Vec<KeyId> {
@@ -363,6 +426,21 @@ impl Verifier {
         if !key.verify(&crate::wire::signing_digest(decoded.signed), &pkt.signature) {
             return Err(Reject::BadSignature);
         }
+        let with_nodes = pkt
+            .provenance
+            .iter()
+            .any(|s| s.kind == SourceKind::Decentralized && s.contributes());
+        if with_nodes {
+            // The nodes' round is bound to the packet's issue time: rounds are the hub's clock in
+            // microseconds, so an old round cannot back a new packet.
+            let round_ms = pkt.round / 1000;
+            if pkt.issued_at_ms.abs_diff(round_ms) > MAX_LIFETIME_MS + p.max_skew_ms {
+                return Err(Reject::StaleRound);
+            }
+            if self.replay().seen.contains_key(&round_key(pkt.round)) {
+                return Err(Reject::RoundReplayed);
+            }
+        }
         let have = self.check_nodes(&pkt)?;
         if have < p.min_node_quorum {
             return Err(Reject::QuorumNotMet {
@@ -380,6 +458,7 @@ impl Verifier {
                 let parts: Vec<PublicPart> = pkt
                     .provenance
                     .iter()
+                    .filter(|s| s.contributes())
                     .map(|s| PublicPart {
                         id: s.id.clone(),
                         len: s.byte_count as usize,
@@ -400,18 +479,35 @@ impl Verifier {
             if cache.seen.len() >= p.replay_capacity {
                 return Err(Reject::ReplayCacheFull);
             }
+            let round = with_nodes.then(|| {
+                // Kept while a packet naming this round could still pass the freshness check.
+                let exp = (pkt.round / 1000).saturating_add(2 * MAX_LIFETIME_MS);
+                (round_key(pkt.round), exp)
+            });
+            if let Some((k, _)) = round
+                && cache.seen.contains_key(&k)
+            {
+                return Err(Reject::RoundReplayed);
+            }
             // Insert-if-absent: of two concurrent copies of one packet, exactly one gets here first.
             if cache.seen.insert(pkt.nonce, pkt.expires_at_ms).is_some() {
                 return Err(Reject::Replayed);
             }
             debug_assert!(pkt.expires_at_ms - pkt.issued_at_ms <= MAX_LIFETIME_MS);
             cache.order.push_back((pkt.nonce, pkt.expires_at_ms));
+            let mut records = vec![(pkt.nonce, pkt.expires_at_ms)];
+            if let Some((k, exp)) = round {
+                cache.seen.insert(k, exp);
+                cache.order.push_back((k, exp));
+                records.push((k, exp));
+            }
             let live = cache.order.len();
             let ReplayCache { order, journal, .. } = &mut *cache;
             if let Some(j) = journal.as_mut() {
                 // On failure the nonce stays remembered in memory: refusing it again is safe.
-                j.append(&pkt.nonce, pkt.expires_at_ms)
-                    .map_err(Reject::ReplayState)?;
+                for (k, exp) in &records {
+                    j.append(k, *exp).map_err(Reject::ReplayState)?;
+                }
                 if j.wants_compaction(live) {
                     if let Err(e) = j.compact(&mut order.iter().copied()) {
                         tracing::warn!(error = %e, file = %j.path().display(), "replay journal compaction failed");
@@ -463,21 +559,66 @@ mod tests {
         v
     }
 
-    /// A packet with one node entry per `(id, signer)`, each signing its commitment.
-    fn with_nodes(hub: &SigningKey, nodes: &[(&str, &SigningKey)]) -> Vec<u8> {
-        let mut p = sample_packet(hub, "kirqd-t", 256, SourceKind::Qrng);
-        p.round = 42;
+    /// A round the way hubs number them: the clock in microseconds.
+    fn fresh_round() -> u64 {
+        crate::util::now_ms() * 1000
+    }
+
+    /// Each node's commitment, signature and receipt for `recipient` over the packet's whole
+    /// commitment set, as honest nodes would make them at reveal (sequence `seq`).
+    fn sign_nodes(p: &mut Packet, nodes: &[(&str, &SigningKey)], recipient: &str, seq: u64) {
         for (id, k) in nodes {
             let commitment = [id.len() as u8; 32];
-            let sig = k.sign(&crate::crypto::node_signing_digest(42, id, &commitment));
             p.provenance.push(SourceEntry {
                 kind: SourceKind::Decentralized,
                 id: (*id).to_owned(),
                 byte_count: 64,
                 commitment,
-                node_signature: sig,
+                node_signature: k.sign(&crate::crypto::node_signing_digest(
+                    p.round,
+                    id,
+                    &commitment,
+                )),
+                receipt: None,
             });
         }
+        receipt_all(p, nodes, recipient, seq);
+    }
+
+    /// (Re)signs every node's receipt over the packet's commitment set as it is now.
+    fn receipt_all(p: &mut Packet, nodes: &[(&str, &SigningKey)], recipient: &str, seq: u64) {
+        let entries: Vec<_> = p
+            .provenance
+            .iter()
+            .map(|s| {
+                let who = if s.kind == SourceKind::Decentralized {
+                    crate::crypto::Committer::Node
+                } else {
+                    crate::crypto::Committer::Hub
+                };
+                (who, s.id.as_str(), s.commitment)
+            })
+            .collect();
+        let set = crate::crypto::commitment_set_digest(&entries);
+        let round = p.round;
+        for s in p.provenance.iter_mut() {
+            if let Some((_, k)) = nodes.iter().find(|(id, _)| *id == s.id) {
+                let digest = crate::crypto::node_receipt_digest(round, recipient, 7, seq, &set);
+                s.receipt = Some(crate::wire::NodeReceipt {
+                    epoch: 7,
+                    sequence: seq,
+                    signature: k.sign(&digest),
+                });
+            }
+        }
+    }
+
+    /// A packet with one node entry per `(id, signer)`, each signing its commitment and its
+    /// receipt.
+    fn with_nodes(hub: &SigningKey, nodes: &[(&str, &SigningKey)]) -> Vec<u8> {
+        let mut p = sample_packet(hub, "kirqd-t", 256, SourceKind::Qrng);
+        p.round = fresh_round();
+        sign_nodes(&mut p, nodes, "kirqd-t", 1);
         p.encode_signed(hub).to_vec()
     }
 
@@ -514,10 +655,116 @@ mod tests {
         assert_eq!(reason(&twice), "bad_node_signature");
         // A signature made for another round does not verify for this one.
         let mut p = Packet::decode(&good).unwrap().packet;
-        p.round = 43;
+        p.round += 1;
         p.nonce[0] ^= 1;
         assert_eq!(reason(&p.encode_signed(&hub)), "bad_node_signature");
-        // None of the refused packets reached the replay cache.
-        assert_eq!(v.replay_cache_len(), 1);
+        // None of the refused packets reached the replay cache (one nonce, one round).
+        assert_eq!(v.replay_cache_len(), 2);
+    }
+
+    /// A hub that, having seen the nodes' reveals, changes its own contribution (and so its
+    /// commitment, re-signing the packet) is refused: the receipts name the set shown at reveal.
+    #[test]
+    fn a_hub_that_grinds_its_contribution_after_the_reveals_is_refused() {
+        let hub = SigningKey::generate();
+        let (a, b) = (SigningKey::generate(), SigningKey::generate());
+        let nodes = [("node-a", &a), ("node-bb", &b)];
+        let v = verifier(&hub, 2, &nodes);
+        let mut p = sample_packet(&hub, "kirqd-t", 256, SourceKind::Qrng);
+        p.round = fresh_round();
+        sign_nodes(&mut p, &nodes, "kirqd-t", 1);
+        p.provenance[0].commitment[0] ^= 1;
+        let r = v.verify(&p.encode_signed(&hub), crate::util::now_ms());
+        assert_eq!(r.unwrap_err().reason(), "bad_node_receipt");
+        // A node added after the reveals (a late, colluding commitment) breaks them the same way.
+        let late = SigningKey::generate();
+        let v = verifier(&hub, 2, &[("node-a", &a), ("node-bb", &b), ("late", &late)]);
+        let mut p = sample_packet(&hub, "kirqd-t", 256, SourceKind::Qrng);
+        p.round = fresh_round();
+        sign_nodes(&mut p, &nodes, "kirqd-t", 1);
+        let mut q = p.provenance[1].clone();
+        q.id = "late".into();
+        q.node_signature = late.sign(&crate::crypto::node_signing_digest(
+            p.round,
+            "late",
+            &q.commitment,
+        ));
+        q.receipt = None;
+        q.byte_count = 0;
+        p.provenance.push(q);
+        let r = v.verify(&p.encode_signed(&hub), crate::util::now_ms());
+        assert_eq!(r.unwrap_err().reason(), "bad_node_receipt");
+    }
+
+    /// Node signatures and receipts made for one packet cannot back another: not for another
+    /// daemon, not for another round, and a round is admitted once.
+    #[test]
+    fn reused_node_signatures_and_replayed_rounds_are_refused() {
+        let hub = SigningKey::generate();
+        let (a, b) = (SigningKey::generate(), SigningKey::generate());
+        let nodes = [("node-a", &a), ("node-bb", &b)];
+        let v = verifier(&hub, 2, &nodes);
+        let now = crate::util::now_ms();
+        // Receipts made for another daemon, put in a packet for this one.
+        let mut p = sample_packet(&hub, "kirqd-t", 256, SourceKind::Qrng);
+        p.round = fresh_round();
+        sign_nodes(&mut p, &nodes, "kirqd-other", 1);
+        let r = v.verify(&p.encode_signed(&hub), now);
+        assert_eq!(r.unwrap_err().reason(), "bad_node_receipt");
+        // A good packet, then the same round and node signatures in a fresh packet.
+        let good = with_nodes(&hub, &nodes);
+        let first = Packet::decode(&good).unwrap().packet;
+        assert!(v.verify(&good, now).is_ok());
+        let mut again = sample_packet(&hub, "kirqd-t", 256, SourceKind::Qrng);
+        again.round = first.round;
+        again.provenance = first.provenance.clone();
+        let r = v.verify(&again.encode_signed(&hub), now);
+        assert_eq!(r.unwrap_err().reason(), "round_replayed");
+        // An old round (two minutes before the packet's issue time).
+        let mut old = sample_packet(&hub, "kirqd-t", 256, SourceKind::Qrng);
+        old.round = fresh_round() - 120_000_000;
+        sign_nodes(&mut old, &nodes, "kirqd-t", 2);
+        let r = v.verify(&old.encode_signed(&hub), now);
+        assert_eq!(r.unwrap_err().reason(), "stale_round");
+    }
+
+    /// A node shown at reveal that then withheld is listed with no bytes and no receipt; the
+    /// others' receipts cover it, and the packet verifies with their quorum.
+    #[test]
+    fn a_shown_node_that_withheld_is_listed_without_bytes() {
+        let hub = SigningKey::generate();
+        let (a, b, c) = (
+            SigningKey::generate(),
+            SigningKey::generate(),
+            SigningKey::generate(),
+        );
+        let v = verifier(&hub, 2, &[("node-a", &a), ("node-bb", &b), ("node-c", &c)]);
+        let mut p = sample_packet(&hub, "kirqd-t", 256, SourceKind::Qrng);
+        p.round = fresh_round();
+        sign_nodes(
+            &mut p,
+            &[("node-a", &a), ("node-bb", &b), ("node-c", &c)],
+            "kirqd-t",
+            1,
+        );
+        let withheld = p.provenance.iter_mut().find(|s| s.id == "node-c").unwrap();
+        withheld.byte_count = 0;
+        withheld.receipt = None;
+        assert!(
+            v.verify(&p.encode_signed(&hub), crate::util::now_ms())
+                .is_ok()
+        );
+        // Dropping it from the list instead changes the set: the receipts no longer verify.
+        let mut q = sample_packet(&hub, "kirqd-t", 256, SourceKind::Qrng);
+        q.round = fresh_round() + 1;
+        sign_nodes(
+            &mut q,
+            &[("node-a", &a), ("node-bb", &b), ("node-c", &c)],
+            "kirqd-t",
+            2,
+        );
+        q.provenance.retain(|s| s.id != "node-c");
+        let r = v.verify(&q.encode_signed(&hub), crate::util::now_ms());
+        assert_eq!(r.unwrap_err().reason(), "bad_node_receipt");
     }
 }

@@ -3,13 +3,16 @@
 //! Big-endian, length-prefixed, no optional padding, so each packet has exactly one encoding:
 //!
 //! ```text
-//! magic "KIRQ" | version u8 = 2 | sig_alg u8 = 1 (Falcon-512)
+//! magic "KIRQ" | version u8 = 3 | sig_alg u8 = 1 (Falcon-512)
 //! mix_alg u8 (1 = SHAKE256, 2 = Rescue-Prime duplex) | proof_alg u8 (0 = none, 1 = STARK) | key_id [8]
 //! recipient_len u8 (1..=64) | recipient (ASCII [A-Za-z0-9._-])
 //! sequence u64 | nonce [16] | issued_at_ms u64 | expires_at_ms u64 (0 < lifetime <= 60 s)
 //! round u64 (< 2^63: the mixing round that commitments and node signatures name)
 //! n_sources u8 (1..=16), each: kind u8 | id_len u8 (1..=64) | id | byte_count u32 | commitment [32]
 //!     and for kind 3 (decentralized) only: node_sig_len u16 (1..=752) | node's Falcon-512 signature
+//!     | receipt_epoch u64 | receipt_sequence u64 | receipt_len u16 (0..=752) | node's receipt
+//!     (byte_count 0 = a node shown at reveal that did not contribute: no receipt, epoch and
+//!     sequence 0; only decentralized entries may have it, and at least one entry contributes)
 //! entropy_len u32 (1..=1 MiB) | entropy
 //! proof_len u32 (0 when proof_alg = 0, else 1..=512 KiB) | proof
 //! sig_len u16 (1..=752) | Falcon-512 signature over every byte before sig_len (see below)
@@ -33,7 +36,8 @@ use crate::crypto::falcon::{KeyId, MAX_SIGNATURE_BYTES, SigningKey};
 use crate::secret::SecretBytes;
 
 pub const MAGIC: [u8; 4] = *b"KIRQ";
-pub const VERSION: u8 = 2;
+/// 3: node receipts (version 2 packets are refused as `unknown_version`).
+pub const VERSION: u8 = 3;
 pub const SIG_FALCON512: u8 = 1;
 /// SHAKE256 over the framed contributions ([`crate::mix`]); commitments are SHA3-256.
 pub const MIX_SHAKE256: u8 = 1;
@@ -57,7 +61,8 @@ pub const MAX_CONTRIBUTION_BYTES: u32 = 16 << 20;
 pub const MAX_LIFETIME_MS: u64 = 60_000;
 
 const FIXED_HEADER: usize = 4 + 4 + 8 + 1 + 8 + 16 + 8 + 8 + 8 + 1;
-const MAX_SOURCE_ENTRY: usize = 1 + 1 + MAX_SOURCE_ID_LEN + 4 + 32 + 2 + MAX_SIGNATURE_BYTES;
+const MAX_SOURCE_ENTRY: usize =
+    1 + 1 + MAX_SOURCE_ID_LEN + 4 + 32 + 2 + MAX_SIGNATURE_BYTES + 8 + 8 + 2 + MAX_SIGNATURE_BYTES;
 /// The largest well-formed packet: every field at its bound.
 pub const MAX_PACKET_BYTES: usize = FIXED_HEADER
     + MAX_RECIPIENT_LEN
@@ -110,6 +115,28 @@ pub struct SourceEntry {
     pub byte_count: u32,
     pub commitment: [u8; 32],
     pub node_signature: Vec<u8>,
+    /// A contributing node's receipt; `None` for other kinds and for a node that was shown at
+    /// reveal but did not contribute (`byte_count` 0).
+    pub receipt: Option<NodeReceipt>,
+}
+
+/// A node's signature, made when it revealed, over
+/// [`crate::crypto::node_receipt_digest`]`(round, recipient, epoch, sequence, set)`: the set is the
+/// digest of every commitment of the round it was shown (the hub's included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeReceipt {
+    /// Random per node run.
+    pub epoch: u64,
+    /// The node's reveal number for this recipient in this run: 1, 2, ...
+    pub sequence: u64,
+    pub signature: Vec<u8>,
+}
+
+impl SourceEntry {
+    /// True when this entry's bytes are part of the mix (every entry but a shown-only node).
+    pub fn contributes(&self) -> bool {
+        self.byte_count > 0
+    }
 }
 
 /// A decoded packet. Its `Debug` never shows the entropy (see [`SecretBytes`]).
@@ -168,6 +195,7 @@ pub fn sample_packet(key: &SigningKey, recipient: &str, n: usize, kind: SourceKi
             byte_count: n as u32,
             commitment: crate::crypto::commit_contribution("sample", entropy.expose()),
             node_signature: Vec::new(),
+            receipt: None,
         }],
         entropy,
         proof: Vec::new(),
@@ -248,20 +276,45 @@ impl Packet {
                 SourceKind::from_u8(raw_kind).ok_or(DecodeError::UnknownSourceKind(raw_kind))?;
             let id = r.name_u8("source.id", MAX_SOURCE_ID_LEN)?;
             let byte_count = r.u32("source.byte_count")?;
-            if byte_count == 0 || byte_count > MAX_CONTRIBUTION_BYTES {
+            let node = kind == SourceKind::Decentralized;
+            let min = u32::from(!node);
+            if byte_count < min || byte_count > MAX_CONTRIBUTION_BYTES {
                 return Err(DecodeError::CountOutOfRange {
                     field: "source.byte_count",
                     value: u64::from(byte_count),
-                    min: 1,
+                    min: u64::from(min),
                     max: u64::from(MAX_CONTRIBUTION_BYTES),
                 });
             }
             let commitment = r.array::<32>("source.commitment")?;
-            let node_signature = if kind == SourceKind::Decentralized {
+            let (node_signature, receipt) = if node {
                 let n = r.len_u16("source.node_signature", 1, MAX_SIGNATURE_BYTES)?;
-                r.take(n, "source.node_signature")?.to_vec()
+                let sig = r.take(n, "source.node_signature")?.to_vec();
+                let epoch = r.u64("source.receipt_epoch")?;
+                let sequence = r.u64("source.receipt_sequence")?;
+                let contributes = byte_count > 0;
+                let n = r.len_u16(
+                    "source.receipt",
+                    usize::from(contributes),
+                    if contributes { MAX_SIGNATURE_BYTES } else { 0 },
+                )?;
+                let receipt = r.take(n, "source.receipt")?.to_vec();
+                if !contributes && (epoch != 0 || sequence != 0) {
+                    return Err(DecodeError::CountOutOfRange {
+                        field: "source.receipt_sequence",
+                        value: sequence.max(epoch),
+                        min: 0,
+                        max: 0,
+                    });
+                }
+                let receipt = contributes.then_some(NodeReceipt {
+                    epoch,
+                    sequence,
+                    signature: receipt,
+                });
+                (sig, receipt)
             } else {
-                Vec::new()
+                (Vec::new(), None)
             };
             provenance.push(SourceEntry {
                 kind,
@@ -269,6 +322,15 @@ impl Packet {
                 byte_count,
                 commitment,
                 node_signature,
+                receipt,
+            });
+        }
+        if !provenance.iter().any(SourceEntry::contributes) {
+            return Err(DecodeError::CountOutOfRange {
+                field: "contributing sources",
+                value: 0,
+                min: 1,
+                max: MAX_SOURCES as u64,
             });
         }
         let entropy_len = r.len_u32("entropy", 1, MAX_ENTROPY_BYTES)?;
@@ -320,7 +382,18 @@ impl Packet {
         let provenance: usize = self
             .provenance
             .iter()
-            .map(|s| 1 + 1 + s.id.len() + 4 + 32 + 2 + s.node_signature.len())
+            .map(|s| {
+                1 + 1
+                    + s.id.len()
+                    + 4
+                    + 32
+                    + 2
+                    + s.node_signature.len()
+                    + 8
+                    + 8
+                    + 2
+                    + s.receipt.as_ref().map_or(0, |r| r.signature.len())
+            })
             .sum();
         let mut out = zeroize::Zeroizing::new(Vec::with_capacity(
             FIXED_HEADER
@@ -356,6 +429,14 @@ impl Packet {
             if s.kind == SourceKind::Decentralized {
                 w.u16(s.node_signature.len() as u16);
                 w.bytes(&s.node_signature);
+                let (epoch, sequence, sig) = match &s.receipt {
+                    Some(r) => (r.epoch, r.sequence, r.signature.as_slice()),
+                    None => (0, 0, &[][..]),
+                };
+                w.u64(epoch);
+                w.u64(sequence);
+                w.u16(sig.len() as u16);
+                w.bytes(sig);
             }
         }
         w.u32(self.entropy.len() as u32);

@@ -204,6 +204,20 @@ fn node_signature_round_trips_only_for_decentralized_sources() {
         byte_count: 64,
         commitment: [7; 32],
         node_signature: vec![9; 700],
+        receipt: Some(crate::wire::NodeReceipt {
+            epoch: 3,
+            sequence: 41,
+            signature: vec![5; 650],
+        }),
+    });
+    // A node shown at reveal that did not contribute: no bytes, no receipt.
+    p.provenance.push(SourceEntry {
+        kind: SourceKind::Decentralized,
+        id: "node-2".into(),
+        byte_count: 0,
+        commitment: [8; 32],
+        node_signature: vec![9; 600],
+        receipt: None,
     });
     let bytes = p.encode_signed(&key);
     let d = Packet::decode(&bytes).unwrap().packet;
@@ -212,4 +226,34 @@ fn node_signature_round_trips_only_for_decentralized_sources() {
     assert_eq!(d.provenance, p.provenance);
     assert!(d.provenance[0].node_signature.is_empty());
     assert_eq!(d.provenance[1].node_signature.len(), 700);
+    assert!(!d.provenance[2].contributes());
+
+    // No bytes is allowed for a shown node only, and such a node carries no receipt.
+    let mut q = crate::wire::sample_packet(&key, "kirqd-a", 64, SourceKind::Qrng);
+    q.provenance[0].byte_count = 0;
+    let e = Packet::decode(&q.encode_signed(&key)).unwrap_err();
+    assert_eq!(e.reason(), "malformed", "{e}");
+    let mut q = crate::wire::sample_packet(&key, "kirqd-a", 64, SourceKind::Qrng);
+    q.provenance.push(SourceEntry {
+        kind: SourceKind::Decentralized,
+        id: "node-2".into(),
+        byte_count: 0,
+        commitment: [8; 32],
+        node_signature: vec![9; 600],
+        receipt: Some(crate::wire::NodeReceipt {
+            epoch: 1,
+            sequence: 1,
+            signature: vec![5; 10],
+        }),
+    });
+    assert!(Packet::decode(&q.encode_signed(&key)).is_err());
+    // Version 2 packets (no receipts) are refused as an unknown version, not misread.
+    let mut old = crate::wire::sample_packet(&key, "kirqd-a", 64, SourceKind::Qrng)
+        .encode_signed(&key)
+        .to_vec();
+    old[4] = 2;
+    assert_eq!(
+        Packet::decode(&old).unwrap_err().reason(),
+        "unknown_version"
+    );
 }

@@ -421,3 +421,38 @@ pub fn assert_no_repeated_window(outputs: &[Vec<u8>]) {
         }
     }
 }
+
+/// Signs, as honest nodes do at reveal, every listed node's receipt over the packet's whole
+/// commitment set for `recipient` (epoch 1, `sequence`). `keys`: node id → signing key.
+pub fn sign_receipts(p: &mut Packet, keys: &[(&str, &SigningKey)], recipient: &str, sequence: u64) {
+    use kirq::crypto::Committer;
+    let entries: Vec<_> = p
+        .provenance
+        .iter()
+        .map(|s| {
+            let who = if s.kind == SourceKind::Decentralized {
+                Committer::Node
+            } else {
+                Committer::Hub
+            };
+            (who, s.id.as_str(), s.commitment)
+        })
+        .collect();
+    let set = kirq::crypto::commitment_set_digest(&entries);
+    let round = p.round;
+    for s in p.provenance.iter_mut().filter(|s| s.contributes()) {
+        if let Some((_, k)) = keys.iter().find(|(id, _)| *id == s.id) {
+            let digest = kirq::crypto::node_receipt_digest(round, recipient, 1, sequence, &set);
+            s.receipt = Some(kirq::wire::NodeReceipt {
+                epoch: 1,
+                sequence,
+                signature: k.sign(&digest),
+            });
+        }
+    }
+}
+
+/// A round number as hubs make them (the clock in microseconds), plus `offset`.
+pub fn fresh_round(offset: u64) -> u64 {
+    kirq::util::now_ms() * 1000 + offset
+}
