@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::DaemonConfig;
-use crate::crypto::falcon::VerifyingKey;
+use crate::crypto::sig::HubVerifyingKey;
 use crate::health::SourceHealth;
 use crate::metrics::DaemonMetrics;
 use crate::pool::{Pool, PoolError, Provenance};
@@ -79,7 +79,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Daemon {
-    pub fn new(cfg: DaemonConfig, keys: Vec<VerifyingKey>, hardening: Hardening) -> Self {
+    pub fn new(cfg: DaemonConfig, keys: Vec<HubVerifyingKey>, hardening: Hardening) -> Self {
         let policy = Policy {
             recipient: cfg.id.clone(),
             max_skew_ms: cfg.trust.max_clock_skew_ms,
