@@ -67,6 +67,7 @@ impl std::fmt::Display for SigAlg {
 pub trait PacketSigner {
     fn sig_alg(&self) -> SigAlg;
     fn key_id(&self) -> KeyId;
+    fn public_key(&self) -> &[u8];
     fn sign(&self, msg: &[u8]) -> Vec<u8>;
 }
 
@@ -76,6 +77,9 @@ impl PacketSigner for falcon::SigningKey {
     }
     fn key_id(&self) -> KeyId {
         self.verifying_key().id()
+    }
+    fn public_key(&self) -> &[u8] {
+        self.verifying_key().as_bytes()
     }
     fn sign(&self, msg: &[u8]) -> Vec<u8> {
         falcon::SigningKey::sign(self, msg)
@@ -88,6 +92,9 @@ impl PacketSigner for mldsa::SigningKey {
     }
     fn key_id(&self) -> KeyId {
         self.verifying_key().id()
+    }
+    fn public_key(&self) -> &[u8] {
+        self.verifying_key().as_bytes()
     }
     fn sign(&self, msg: &[u8]) -> Vec<u8> {
         mldsa::SigningKey::sign(self, msg)
@@ -223,6 +230,12 @@ impl PacketSigner for HubSigningKey {
         match self {
             Self::Falcon512(k) => PacketSigner::key_id(k),
             Self::MlDsa65(k) => PacketSigner::key_id(k),
+        }
+    }
+    fn public_key(&self) -> &[u8] {
+        match self {
+            Self::Falcon512(k) => PacketSigner::public_key(k),
+            Self::MlDsa65(k) => PacketSigner::public_key(k),
         }
     }
     fn sign(&self, msg: &[u8]) -> Vec<u8> {
