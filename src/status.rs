@@ -419,7 +419,7 @@ pub fn render_daemon(verdict: Verdict, reasons: &[String], h: &Value, stats: &Va
     let _ = writeln!(o, "  last packet   {}", age(&h["last_packet_age_seconds"]));
     let _ = writeln!(
         o,
-        "  fallback      {} ({} local bytes in the pool)",
+        "  fallback      {} ({} bytes of the daemon's own fallback in the pool)",
         if h["fallback_active"] == true {
             "ACTIVE"
         } else {

@@ -196,6 +196,9 @@ async fn vrf_key_is_not_made_from_local_entropy_by_default() {
     assert_eq!(f.d.pool.len(), 4096);
 }
 
+/// Offline: (key id, verdict) of a signature under a public key.
+type Offline = fn(&[u8], &[u8], &[u8]) -> (String, bool);
+
 /// One signature algorithm's endpoints and an offline verifier to check them against.
 struct SigEndpoints {
     sign: &'static str,
@@ -203,8 +206,7 @@ struct SigEndpoints {
     public: &'static str,
     algorithm: &'static str,
     sig_len: std::ops::RangeInclusive<usize>,
-    /// Offline: (key id, verdict) under a public key.
-    offline: fn(&[u8], &[u8], &[u8]) -> (String, bool),
+    offline: Offline,
     other_public_key: fn() -> Vec<u8>,
 }
 
