@@ -10,6 +10,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -17,6 +18,73 @@ use serde_json::{Value, json};
 /// The largest answer read from an endpoint; health and stats answers are a few KiB.
 pub const MAX_ANSWER_BYTES: usize = 1 << 20;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The arguments of `kirqd status` and `kirq-hub status`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit codes: 0 ok, 1 degraded, 2 critical, 3 unknown (not reachable, or an \
+                        answer this command does not understand): the monitoring-plugin \
+                        convention. A command line that does not parse also exits 2."
+)]
+pub struct StatusArgs {
+    /// The endpoint's base URL, http://HOST:PORT; default: from --config, else kirqd's
+    /// http://127.0.0.1:8080 or kirq-hub's http://127.0.0.1:9464.
+    #[arg(long, conflicts_with = "config")]
+    pub url: Option<String>,
+    /// Take the address from this config: kirqd's http.listen, kirq-hub's metrics_listen.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Print one JSON object: status, exit_code, reasons, and the answers as read.
+    #[arg(long)]
+    pub json: bool,
+    /// Longest wait for each answer, in milliseconds.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(100..=60000))]
+    pub timeout_ms: u64,
+}
+
+/// Which program's status.
+#[derive(Debug, Clone, Copy)]
+pub enum Program {
+    Daemon,
+    Hub,
+}
+
+/// Runs `status` for `program`: works out the address, reads, prints, and returns the exit code.
+pub async fn run(program: Program, a: StatusArgs) -> std::process::ExitCode {
+    let base = match (&a.url, &a.config, program) {
+        (Some(u), _, _) => check_base_url(u).map_err(|e| anyhow::anyhow!("--url {u}: {e}")),
+        (None, Some(c), Program::Daemon) => crate::config::DaemonConfig::load(c)
+            .map_err(anyhow::Error::from)
+            .and_then(|cfg| {
+                let listen = cfg.http.listen;
+                listen
+                    .map(base_url)
+                    .ok_or_else(|| anyhow::anyhow!("{}: http.listen is not set", c.display()))
+            }),
+        (None, Some(c), Program::Hub) => crate::config::HubConfig::load(c)
+            .map_err(anyhow::Error::from)
+            .and_then(|cfg| {
+                cfg.metrics_listen.map(base_url).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{}: metrics_listen is not set, so the hub has no local /health",
+                        c.display()
+                    )
+                })
+            }),
+        (None, None, Program::Daemon) => Ok("http://127.0.0.1:8080".to_owned()),
+        (None, None, Program::Hub) => Ok("http://127.0.0.1:9464".to_owned()),
+    };
+    let base = match base {
+        Ok(b) => b,
+        Err(e) => return print_unknown(&e, a.json),
+    };
+    let timeout = Duration::from_millis(a.timeout_ms);
+    let report = match program {
+        Program::Daemon => daemon(&base, timeout).await,
+        Program::Hub => hub(&base, timeout).await,
+    };
+    print(&report, a.json)
+}
 
 /// The overall verdict, worst last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -15,6 +15,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+use kirq::crypto::sig::{HubSigningKey, HubVerifyingKey, SigAlg};
 use kirq::daemon::Daemon;
 use kirq::health::SourceHealth;
 use kirq::secret::Hardening;
@@ -196,18 +197,13 @@ async fn vrf_key_is_not_made_from_local_entropy_by_default() {
     assert_eq!(f.d.pool.len(), 4096);
 }
 
-/// Offline: (key id, verdict) of a signature under a public key.
-type Offline = fn(&[u8], &[u8], &[u8]) -> (String, bool);
-
-/// One signature algorithm's endpoints and an offline verifier to check them against.
+/// One signature algorithm's endpoints.
 struct SigEndpoints {
     sign: &'static str,
     verify: &'static str,
     public: &'static str,
     algorithm: &'static str,
-    sig_len: std::ops::RangeInclusive<usize>,
-    offline: Offline,
-    other_public_key: fn() -> Vec<u8>,
+    alg: SigAlg,
 }
 
 const FALCON: SigEndpoints = SigEndpoints {
@@ -215,15 +211,7 @@ const FALCON: SigEndpoints = SigEndpoints {
     verify: "/quantum/falcon-verify",
     public: "/quantum/falcon-public-key",
     algorithm: "Falcon-512",
-    sig_len: 1..=752,
-    offline: |pk, m, s| {
-        let k = kirq::crypto::falcon::VerifyingKey::from_bytes(pk).unwrap();
-        (k.id().to_string(), k.verify(m, s))
-    },
-    other_public_key: || {
-        let k = kirq::crypto::falcon::SigningKey::generate();
-        k.verifying_key().as_bytes().to_vec()
-    },
+    alg: SigAlg::Falcon512,
 };
 
 const ML_DSA: SigEndpoints = SigEndpoints {
@@ -231,15 +219,7 @@ const ML_DSA: SigEndpoints = SigEndpoints {
     verify: "/quantum/ml-dsa-verify",
     public: "/quantum/ml-dsa-public-key",
     algorithm: "ML-DSA-65",
-    sig_len: 3309..=3309,
-    offline: |pk, m, s| {
-        let k = kirq::crypto::mldsa::VerifyingKey::from_bytes(pk).unwrap();
-        (k.id().to_string(), k.verify(m, s))
-    },
-    other_public_key: || {
-        let k = kirq::crypto::mldsa::SigningKey::generate();
-        k.verifying_key().as_bytes().to_vec()
-    },
+    alg: SigAlg::MlDsa65,
 };
 
 async fn sign_verify_tamper_and_served_key(e: &SigEndpoints) {
@@ -249,7 +229,8 @@ async fn sign_verify_tamper_and_served_key(e: &SigEndpoints) {
     assert_eq!(s, 200, "{a}");
     assert_eq!(a["algorithm"], e.algorithm);
     let sig = hex::decode(a["signature"].as_str().unwrap()).unwrap();
-    assert!(e.sig_len.contains(&sig.len()), "{}", sig.len());
+    let (lo, hi) = e.alg.signature_len();
+    assert!((lo..=hi).contains(&sig.len()), "{}", sig.len());
 
     // The served public key is the one in the answer, and it verifies the signature offline.
     let (s, pk) = call(&f.app, "GET", e.public, None).await;
@@ -257,9 +238,9 @@ async fn sign_verify_tamper_and_served_key(e: &SigEndpoints) {
     assert_eq!(pk["public_key"], a["public_key"]);
     assert_eq!(pk["algorithm"], e.algorithm);
     let pk_bytes = hex::decode(pk["public_key"].as_str().unwrap()).unwrap();
-    let (id, ok) = (e.offline)(&pk_bytes, b"TAO Signal round 42", &sig);
-    assert!(ok);
-    assert_eq!(pk["key_id"], id);
+    let vk = HubVerifyingKey::from_bytes(e.alg, &pk_bytes).unwrap();
+    assert!(vk.verify(b"TAO Signal round 42", &sig));
+    assert_eq!(pk["key_id"], vk.id().to_string());
 
     let verify = |body: Value| {
         let app = f.app.clone();
@@ -283,7 +264,7 @@ async fn sign_verify_tamper_and_served_key(e: &SigEndpoints) {
     let (_, v) = verify(json!({"message": "00", "signature": a["signature"]})).await;
     assert_eq!(v["valid"], false);
     let (_, v) = verify(json!({"message": msg, "signature": a["signature"],
-        "public_key": hex::encode((e.other_public_key)())}))
+        "public_key": hex::encode(HubSigningKey::generate(e.alg).verifying_key().as_bytes())}))
     .await;
     assert_eq!(v["valid"], false);
 }
@@ -304,38 +285,20 @@ async fn ml_dsa_sign_verify_tamper_and_served_key() {
 async fn signatures_do_not_cross_algorithms() {
     let f = fixture(true);
     let msg = hex::encode(b"m");
-    let (_, fa) = call(&f.app, "POST", FALCON.sign, Some(json!({"message": msg}))).await;
-    let (_, ma) = call(&f.app, "POST", ML_DSA.sign, Some(json!({"message": msg}))).await;
-    let (s, v) = call(
-        &f.app,
-        "POST",
-        ML_DSA.verify,
-        Some(json!({"message": msg, "signature": fa["signature"]})),
-    )
-    .await;
-    assert_eq!(s, 400);
-    assert!(
-        v["error"]
-            .as_str()
-            .unwrap()
-            .contains("`signature` must decode to exactly 3309 bytes"),
-        "{v}"
-    );
-    let (s, v) = call(
-        &f.app,
-        "POST",
-        FALCON.verify,
-        Some(json!({"message": msg, "signature": ma["signature"]})),
-    )
-    .await;
-    assert_eq!(s, 400);
-    assert!(
-        v["error"]
-            .as_str()
-            .unwrap()
-            .contains("`signature` must decode to 1..=752 bytes"),
-        "{v}"
-    );
+    for (from, to, want) in [
+        (
+            &FALCON,
+            &ML_DSA,
+            "`signature` must decode to exactly 3309 bytes",
+        ),
+        (&ML_DSA, &FALCON, "`signature` must decode to 1..=752 bytes"),
+    ] {
+        let (_, a) = call(&f.app, "POST", from.sign, Some(json!({"message": msg}))).await;
+        let body = json!({"message": msg, "signature": a["signature"]});
+        let (s, v) = call(&f.app, "POST", to.verify, Some(body)).await;
+        assert_eq!(s, 400);
+        assert!(v["error"].as_str().unwrap().contains(want), "{v}");
+    }
     let (_, fk) = call(&f.app, "GET", FALCON.public, None).await;
     let (_, mk) = call(&f.app, "GET", ML_DSA.public, None).await;
     assert_ne!(fk["key_id"], mk["key_id"]);

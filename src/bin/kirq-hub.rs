@@ -83,26 +83,7 @@ enum Cmd {
     ///
     /// Signing key and algorithm, hybrid mode, each source's state and quality, proof mode and
     /// decentralized nodes; each reason for a verdict other than ok is listed.
-    #[command(
-        after_help = "Exit codes: 0 ok, 1 degraded, 2 critical, 3 unknown (not reachable, \
-                            or an answer this command does not understand): the monitoring-plugin \
-                            convention. A command line that does not parse also exits 2."
-    )]
-    Status {
-        /// The endpoint's base URL; default: metrics_listen from --config, else
-        /// http://127.0.0.1:9464.
-        #[arg(long, conflicts_with = "config")]
-        url: Option<String>,
-        /// Take the address from this hub config (metrics_listen).
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Print one JSON object (verdict, exit code, reasons, the answer as read).
-        #[arg(long)]
-        json: bool,
-        /// Longest wait for the answer, in milliseconds.
-        #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(100..=60000))]
-        timeout_ms: u64,
-    },
+    Status(kirq::status::StatusArgs),
 }
 
 #[tokio::main]
@@ -110,36 +91,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     kirq::util::init_logging(&cli.log);
     let result = match cli.cmd {
-        Cmd::Status {
-            url,
-            config,
-            json,
-            timeout_ms,
-        } => {
-            let base = match (url, config) {
-                (Some(u), _) => {
-                    kirq::status::check_base_url(&u).map_err(|e| anyhow::anyhow!("--url {u}: {e}"))
-                }
-                (None, Some(c)) => kirq::config::HubConfig::load(&c)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|cfg| {
-                        cfg.metrics_listen.map(kirq::status::base_url).ok_or_else(|| {
-                            anyhow::anyhow!(
-                                "{}: metrics_listen is not set, so the hub has no local /health",
-                                c.display()
-                            )
-                        })
-                    }),
-                (None, None) => Ok("http://127.0.0.1:9464".to_owned()),
-            };
-            return match base {
-                Ok(base) => {
-                    let timeout = std::time::Duration::from_millis(timeout_ms);
-                    kirq::status::print(&kirq::status::hub(&base, timeout).await, json)
-                }
-                Err(e) => kirq::status::print_unknown(&e, json),
-            };
-        }
+        Cmd::Status(args) => return kirq::status::run(kirq::status::Program::Hub, args).await,
         Cmd::Man { out } => {
             clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &out)
                 .map_err(Into::into)

@@ -180,25 +180,25 @@ impl SigningKey {
     }
 
     fn to_text(&self) -> zeroize::Zeroizing<String> {
-        let secret = zeroize::Zeroizing::new(keyfile::line(SECRET_TAG, self.sk.expose()));
-        zeroize::Zeroizing::new(format!(
-            "# Kirq hub signing key (Falcon-512, round 3). Keep it secret.\n{}{}",
-            *secret,
-            self.public.to_text()
-        ))
+        keyfile::secret_text(
+            "Kirq hub signing key (Falcon-512, round 3). Keep it secret.",
+            SECRET_TAG,
+            self.sk.expose(),
+            &self.public.to_text(),
+        )
     }
 
     /// Reads a secret key file, refusing one that others can read.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         let text = keyfile::read_secret_text(path)?;
-        let sk = keyfile::decode_secret_line(
+        let sk = SecretBytes::new(keyfile::decode_line(
             path,
             &text,
             SECRET_TAG,
             SECRET_KEY_BYTES,
             "no falcon512-secret: line",
             "secret key is not 1281 bytes",
-        )?;
+        )?);
         let public = VerifyingKey::from_text(path, &text)?;
         let key = Self { sk, public };
         // A secret key that does not match its public line would sign packets nobody accepts.

@@ -12,7 +12,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
 use super::falcon::KeyError;
-use crate::secret::SecretBytes;
 
 /// The value of the first line `TAG<value>` (whitespace trimmed), if any.
 pub(crate) fn find_line<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
@@ -54,7 +53,8 @@ pub(crate) fn format_error(path: &Path, what: &'static str) -> KeyError {
     }
 }
 
-/// Decodes the base64 line `tag` of `text` into exactly `len` bytes.
+/// Decodes the base64 line `tag` of `text` into exactly `len` bytes (a secret's caller wraps them
+/// in a [`crate::secret::SecretBytes`] at once; they are moved, not copied).
 pub(crate) fn decode_line(
     path: &Path,
     text: &str,
@@ -68,30 +68,31 @@ pub(crate) fn decode_line(
     if b64.len() > len.div_ceil(3) * 4 {
         return Err(format_error(path, wrong_len));
     }
-    let bytes = B64
-        .decode(b64)
-        .map_err(|_| format_error(path, "a key line is not base64"))?;
+    // Zeroed if refused here: the line may be a secret.
+    let mut bytes = zeroize::Zeroizing::new(
+        B64.decode(b64)
+            .map_err(|_| format_error(path, "a key line is not base64"))?,
+    );
     if bytes.len() != len {
         return Err(format_error(path, wrong_len));
     }
-    Ok(bytes)
-}
-
-/// [`decode_line`] for a secret: the decoded bytes are zeroed on drop.
-pub(crate) fn decode_secret_line(
-    path: &Path,
-    text: &str,
-    tag: &str,
-    len: usize,
-    missing: &'static str,
-    wrong_len: &'static str,
-) -> Result<SecretBytes, KeyError> {
-    decode_line(path, text, tag, len, missing, wrong_len).map(SecretBytes::new)
+    Ok(std::mem::take(&mut *bytes))
 }
 
 /// `TAG<base64>\n`.
 pub(crate) fn line(tag: &str, bytes: &[u8]) -> String {
     format!("{tag}{}\n", B64.encode(bytes))
+}
+
+/// A secret key file's text: a comment line, the secret's tagged line, then the public key's.
+pub(crate) fn secret_text(
+    comment: &str,
+    tag: &str,
+    secret: &[u8],
+    public_text: &str,
+) -> zeroize::Zeroizing<String> {
+    let line = zeroize::Zeroizing::new(line(tag, secret));
+    zeroize::Zeroizing::new(format!("# {comment}\n{}{public_text}", *line))
 }
 
 /// Writes `DIR/NAME.key` (mode 0600, created new) and `DIR/NAME.pub` (0644, created new).

@@ -182,26 +182,26 @@ impl SigningKey {
     }
 
     fn to_text(&self) -> zeroize::Zeroizing<String> {
-        let secret = zeroize::Zeroizing::new(keyfile::line(SEED_TAG, self.seed.expose()));
-        zeroize::Zeroizing::new(format!(
-            "# Kirq hub signing key (ML-DSA-65, FIPS 204 seed). Keep it secret.\n{}{}",
-            *secret,
-            self.public.to_text()
-        ))
+        keyfile::secret_text(
+            "Kirq hub signing key (ML-DSA-65, FIPS 204 seed). Keep it secret.",
+            SEED_TAG,
+            self.seed.expose(),
+            &self.public.to_text(),
+        )
     }
 
     /// Reads a secret key file, refusing one that others can read or whose public line is not
     /// the key its seed makes.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         let text = keyfile::read_secret_text(path)?;
-        let seed = keyfile::decode_secret_line(
+        let seed = SecretBytes::new(keyfile::decode_line(
             path,
             &text,
             SEED_TAG,
             SEED_BYTES,
             "no ml-dsa-65-seed: line",
             "seed is not 32 bytes",
-        )?;
+        )?);
         let public = VerifyingKey::from_text(path, &text)?;
         Self::from_parts(seed, public.as_bytes()).ok_or(keyfile::format_error(
             path,

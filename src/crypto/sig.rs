@@ -145,6 +145,14 @@ impl HubVerifyingKey {
         }
     }
 
+    /// The public key of `alg` from its raw bytes; `None` unless they are one.
+    pub fn from_bytes(alg: SigAlg, bytes: &[u8]) -> Option<Self> {
+        match alg {
+            SigAlg::Falcon512 => falcon::VerifyingKey::from_bytes(bytes).map(Self::Falcon512),
+            SigAlg::MlDsa65 => mldsa::VerifyingKey::from_bytes(bytes).map(Self::MlDsa65),
+        }
+    }
+
     /// True when `sig` is a valid signature of `msg` under this key, in this key's algorithm.
     pub fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
         match self {

@@ -29,7 +29,7 @@ use super::ApiError;
 use crate::config::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::crypto::falcon;
 use crate::crypto::mldsa;
-use crate::crypto::sig::PacketSigner;
+use crate::crypto::sig::{HubVerifyingKey, PacketSigner, SigAlg};
 use crate::daemon::Daemon;
 use crate::quantum::{Keys, vrf};
 
@@ -117,19 +117,21 @@ const VRF_VERIFY_FIELDS: &[Field] = &[
         doc: "ECVRF public key (32 bytes); default: the daemon's",
     },
 ];
-const FALCON_SIGN_FIELDS: &[Field] = &[Field {
+const MESSAGE_TO_SIGN: Field = Field {
     name: "message",
     required: true,
     len: Len::Message,
     doc: "message to sign",
-}];
+};
+const SIGNED_MESSAGE: Field = Field {
+    name: "message",
+    required: true,
+    len: Len::Message,
+    doc: "signed message",
+};
+const FALCON_SIGN_FIELDS: &[Field] = &[MESSAGE_TO_SIGN];
 const FALCON_VERIFY_FIELDS: &[Field] = &[
-    Field {
-        name: "message",
-        required: true,
-        len: Len::Message,
-        doc: "signed message",
-    },
+    SIGNED_MESSAGE,
     Field {
         name: "signature",
         required: true,
@@ -143,15 +145,9 @@ const FALCON_VERIFY_FIELDS: &[Field] = &[
         doc: "Falcon-512 public key (897 bytes); default: the daemon's",
     },
 ];
-
-const ML_DSA_SIGN_FIELDS: &[Field] = FALCON_SIGN_FIELDS;
+const ML_DSA_SIGN_FIELDS: &[Field] = &[MESSAGE_TO_SIGN];
 const ML_DSA_VERIFY_FIELDS: &[Field] = &[
-    Field {
-        name: "message",
-        required: true,
-        len: Len::Message,
-        doc: "signed message",
-    },
+    SIGNED_MESSAGE,
     Field {
         name: "signature",
         required: true,
@@ -166,31 +162,29 @@ const ML_DSA_VERIFY_FIELDS: &[Field] = &[
     },
 ];
 
-/// One signature algorithm's service: its name, request tables, the daemon's key, a verifier.
+/// One signature algorithm's service: its name, request tables and the daemon's key.
 struct SigService {
+    alg: SigAlg,
     algorithm: &'static str,
     sign_fields: &'static [Field],
     verify_fields: &'static [Field],
     key: fn(&Keys) -> Result<&(dyn PacketSigner + Sync), String>,
-    /// Verifies under an explicit public key (of the table's exact length).
-    verify: fn(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool,
 }
 
 const FALCON: SigService = SigService {
+    alg: SigAlg::Falcon512,
     algorithm: "Falcon-512",
     sign_fields: FALCON_SIGN_FIELDS,
     verify_fields: FALCON_VERIFY_FIELDS,
     key: |k| k.falcon().map(|k| k as &(dyn PacketSigner + Sync)),
-    // 897 bytes always parse as a key; PQClean rejects a malformed one in verify.
-    verify: |pk, m, s| falcon::VerifyingKey::from_bytes(pk).is_some_and(|k| k.verify(m, s)),
 };
 
 const ML_DSA: SigService = SigService {
+    alg: SigAlg::MlDsa65,
     algorithm: "ML-DSA-65",
     sign_fields: ML_DSA_SIGN_FIELDS,
     verify_fields: ML_DSA_VERIFY_FIELDS,
     key: |k| k.ml_dsa().map(|k| k as &(dyn PacketSigner + Sync)),
-    verify: |pk, m, s| mldsa::VerifyingKey::from_bytes(pk).is_some_and(|k| k.verify(m, s)),
 };
 
 /// A parsed request: the decoded fields in table order, and the encoding for the answer.
@@ -497,8 +491,12 @@ async fn verify_with(d: &Daemon, body: Body, svc: &SigService) -> Response {
             Err(m) => return unavailable(m),
         },
     };
+    // A key of the table's exact length always parses (Falcon: PQClean rejects a malformed one
+    // in verify; ML-DSA-65: every 1952-byte string is a key).
+    let valid =
+        HubVerifyingKey::from_bytes(svc.alg, public).is_some_and(|k| k.verify(message, sig));
     Json(SignatureVerifyResponse {
-        valid: (svc.verify)(public, message, sig),
+        valid,
         algorithm: svc.algorithm,
     })
     .into_response()
@@ -517,96 +515,89 @@ fn public_key_of(d: &Daemon, svc: &SigService) -> Response {
     }
 }
 
-/// Signs a message with the daemon's Falcon-512 service key.
-///
-/// The signature's randomness (nonce and sampler seed) comes from PQClean's `randombytes`, i.e.
-/// the operating system's RNG; see the README section on the `/quantum/*` endpoints.
-#[utoipa::path(post, path = "/quantum/falcon-signature", tag = "quantum",
-    request_body(content = FalconSignRequest, content_type = "application/json"),
-    responses(
-        (status = 200, description = "Detached signature", body = SignatureResponse),
-        (status = 400, description = "Bad field (named)", body = ErrorBody),
-        (status = 403, description = "Client not in http.allow", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Quantum endpoints not configured", body = ErrorBody),
-    ))]
-pub async fn falcon_signature(State(d): State<Arc<Daemon>>, body: Body) -> Response {
-    sign_with(&d, body, &FALCON).await
+/// The three handlers of one signature algorithm (sign, verify, public key) and their OpenAPI
+/// annotations, all served by [`sign_with`], [`verify_with`] and [`public_key_of`].
+macro_rules! signature_endpoints {
+    (
+        $svc:expr,
+        $sign:ident = $sign_path:literal, $sign_req:ty, $sign_summary:literal, $sign_doc:literal,
+        $verify:ident = $verify_path:literal, $verify_req:ty, $verify_summary:literal,
+        $public:ident = $public_path:literal, $public_summary:literal $(,)?
+    ) => {
+        #[utoipa::path(post, path = $sign_path, tag = "quantum",
+            summary = $sign_summary, description = $sign_doc,
+            request_body(content = $sign_req, content_type = "application/json"),
+            responses(
+                (status = 200, description = "Signature", body = SignatureResponse),
+                (status = 400, description = "Bad field (named)", body = ErrorBody),
+                (status = 403, description = "Client not in http.allow", body = ErrorBody),
+                (status = 413, description = "Body too large", body = ErrorBody),
+                (status = 429, description = "Rate limited", body = ErrorBody),
+                (status = 503, description = "Quantum endpoints not configured", body = ErrorBody),
+            ))]
+        #[doc = $sign_summary]
+        pub async fn $sign(State(d): State<Arc<Daemon>>, body: Body) -> Response {
+            sign_with(&d, body, &$svc).await
+        }
+
+        #[utoipa::path(post, path = $verify_path, tag = "quantum", summary = $verify_summary,
+            request_body(content = $verify_req, content_type = "application/json"),
+            responses(
+                (status = 200, description = "Verdict", body = SignatureVerifyResponse),
+                (status = 400, description = "Bad field (named)", body = ErrorBody),
+                (status = 403, description = "Client not in http.allow", body = ErrorBody),
+                (status = 413, description = "Body too large", body = ErrorBody),
+                (status = 429, description = "Rate limited", body = ErrorBody),
+                (status = 503, description = "No public_key given and no service key",
+                    body = ErrorBody),
+            ))]
+        #[doc = $verify_summary]
+        pub async fn $verify(State(d): State<Arc<Daemon>>, body: Body) -> Response {
+            verify_with(&d, body, &$svc).await
+        }
+
+        #[utoipa::path(get, path = $public_path, tag = "quantum", summary = $public_summary,
+            responses(
+                (status = 200, description = "The public key", body = SignaturePublicKeyResponse),
+                (status = 403, description = "Client not in http.allow", body = ErrorBody),
+                (status = 429, description = "Rate limited", body = ErrorBody),
+                (status = 503, description = "Quantum endpoints not configured", body = ErrorBody),
+            ))]
+        #[doc = $public_summary]
+        pub async fn $public(State(d): State<Arc<Daemon>>) -> Response {
+            public_key_of(&d, &$svc)
+        }
+    };
 }
 
-/// Verifies a Falcon-512 detached signature (by default under the daemon's key).
-#[utoipa::path(post, path = "/quantum/falcon-verify", tag = "quantum",
-    request_body(content = FalconVerifyRequest, content_type = "application/json"),
-    responses(
-        (status = 200, description = "Verdict", body = SignatureVerifyResponse),
-        (status = 400, description = "Bad field (named)", body = ErrorBody),
-        (status = 403, description = "Client not in http.allow", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "No public_key given and no service key", body = ErrorBody),
-    ))]
-pub async fn falcon_verify(State(d): State<Arc<Daemon>>, body: Body) -> Response {
-    verify_with(&d, body, &FALCON).await
-}
+signature_endpoints!(
+    FALCON,
+    falcon_signature = "/quantum/falcon-signature",
+    FalconSignRequest,
+    "Signs a message with the daemon's Falcon-512 service key.",
+    "The signature's randomness (nonce and sampler seed) comes from PQClean's `randombytes`, i.e. \
+     the operating system's RNG; see the README section on the `/quantum/*` endpoints.",
+    falcon_verify = "/quantum/falcon-verify",
+    FalconVerifyRequest,
+    "Verifies a Falcon-512 detached signature (by default under the daemon's key).",
+    falcon_public_key = "/quantum/falcon-public-key",
+    "The daemon's Falcon-512 service public key.",
+);
 
-/// The daemon's Falcon-512 service public key.
-#[utoipa::path(get, path = "/quantum/falcon-public-key", tag = "quantum",
-    responses(
-        (status = 200, description = "The public key", body = SignaturePublicKeyResponse),
-        (status = 403, description = "Client not in http.allow", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Quantum endpoints not configured", body = ErrorBody),
-    ))]
-pub async fn falcon_public_key(State(d): State<Arc<Daemon>>) -> Response {
-    public_key_of(&d, &FALCON)
-}
-
-/// Signs a message with the daemon's ML-DSA-65 service key (FIPS 204 ML-DSA.Sign, pure, empty
-/// context).
-///
-/// The signature is hedged: aws-lc draws its per-signature randomness from its own RNG, seeded
-/// from the operating system; see the README section on the `/quantum/*` endpoints.
-#[utoipa::path(post, path = "/quantum/ml-dsa-signature", tag = "quantum",
-    request_body(content = MlDsaSignRequest, content_type = "application/json"),
-    responses(
-        (status = 200, description = "Signature", body = SignatureResponse),
-        (status = 400, description = "Bad field (named)", body = ErrorBody),
-        (status = 403, description = "Client not in http.allow", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Quantum endpoints not configured", body = ErrorBody),
-    ))]
-pub async fn ml_dsa_signature(State(d): State<Arc<Daemon>>, body: Body) -> Response {
-    sign_with(&d, body, &ML_DSA).await
-}
-
-/// Verifies an ML-DSA-65 signature (by default under the daemon's key).
-#[utoipa::path(post, path = "/quantum/ml-dsa-verify", tag = "quantum",
-    request_body(content = MlDsaVerifyRequest, content_type = "application/json"),
-    responses(
-        (status = 200, description = "Verdict", body = SignatureVerifyResponse),
-        (status = 400, description = "Bad field (named)", body = ErrorBody),
-        (status = 403, description = "Client not in http.allow", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "No public_key given and no service key", body = ErrorBody),
-    ))]
-pub async fn ml_dsa_verify(State(d): State<Arc<Daemon>>, body: Body) -> Response {
-    verify_with(&d, body, &ML_DSA).await
-}
-
-/// The daemon's ML-DSA-65 service public key.
-#[utoipa::path(get, path = "/quantum/ml-dsa-public-key", tag = "quantum",
-    responses(
-        (status = 200, description = "The public key", body = SignaturePublicKeyResponse),
-        (status = 403, description = "Client not in http.allow", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Quantum endpoints not configured", body = ErrorBody),
-    ))]
-pub async fn ml_dsa_public_key(State(d): State<Arc<Daemon>>) -> Response {
-    public_key_of(&d, &ML_DSA)
-}
+signature_endpoints!(
+    ML_DSA,
+    ml_dsa_signature = "/quantum/ml-dsa-signature",
+    MlDsaSignRequest,
+    "Signs a message with the daemon's ML-DSA-65 service key (FIPS 204 ML-DSA.Sign, pure, empty \
+     context).",
+    "The signature is hedged: aws-lc draws its per-signature randomness from its own RNG, seeded \
+     from the operating system; see the README section on the `/quantum/*` endpoints.",
+    ml_dsa_verify = "/quantum/ml-dsa-verify",
+    MlDsaVerifyRequest,
+    "Verifies an ML-DSA-65 signature (by default under the daemon's key).",
+    ml_dsa_public_key = "/quantum/ml-dsa-public-key",
+    "The daemon's ML-DSA-65 service public key.",
+);
 
 // ---- OpenAPI request schemas, built from the same field tables the parser uses ----
 
