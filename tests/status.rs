@@ -29,13 +29,33 @@ fn status(bin: &str, args: &[&str]) -> (i32, String) {
 const KIRQD: &str = env!("CARGO_BIN_EXE_kirqd");
 const HUB: &str = env!("CARGO_BIN_EXE_kirq-hub");
 
-/// Replaces the fleet's Falcon-512 hub key with an ML-DSA-65 one in the same files, so the hub
-/// signs with it and the daemon trusts it from `trust.hub_keys` as before.
+/// Replaces the fleet's Falcon-512 hub key with an ML-DSA-65 one made by `kirq-hub keygen --alg
+/// ml-dsa-65` in the same files, so the hub signs with it and the daemon trusts it from
+/// `trust.hub_keys` as before. Also checks that keygen's default is Falcon-512.
 fn use_ml_dsa_hub_key(fleet: &Fleet) -> HubSigningKey {
     std::fs::remove_file(fleet.path("hub-signing.key")).unwrap();
     std::fs::remove_file(fleet.path("hub-signing.pub")).unwrap();
-    let key = HubSigningKey::generate(SigAlg::MlDsa65);
-    key.write_pair(fleet.dir.path(), "hub-signing").unwrap();
+    let keygen = |args: &[&str]| {
+        let out = Command::new(HUB)
+            .args(["keygen", "--out", fleet.dir.path().to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = keygen(&["--name", "hub-signing", "--alg", "ml-dsa-65"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("ml-dsa-65, key id"), "{out}");
+    let (code, _) = keygen(&["--name", "default-alg"]);
+    assert_eq!(code, Some(0));
+    let text = std::fs::read_to_string(fleet.path("default-alg.pub")).unwrap();
+    assert!(text.starts_with("falcon512-public:"), "{text}");
+    assert_eq!(keygen(&["--name", "x", "--alg", "rsa"]).0, Some(2));
+    let key = HubSigningKey::load(&fleet.path("hub-signing.key")).unwrap();
+    assert_eq!(key.sig_alg(), SigAlg::MlDsa65);
     key
 }
 
