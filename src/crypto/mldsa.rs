@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Signatures are FIPS 204 ML-DSA.Sign (pure, empty context string, hedged: aws-lc draws the
-//! per-signature randomness from its own RNG), 3309 bytes. The seed comes from the operating
+//! per-signature randomness from its own RNG), 3309 bytes. The expanded key lives in aws-lc's
+//! memory for the key's lifetime; aws-lc's `OPENSSL_free` cleanses an allocation when it frees it. The seed comes from the operating
 //! system's RNG (getrandom). A key is named on the wire by its [`KeyId`], a tagged SHA3-256 of the
 //! public key under a label of its own, so no ML-DSA key id can equal a Falcon-512 one by
 //! construction of the same bytes.
