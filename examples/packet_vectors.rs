@@ -17,6 +17,7 @@ fn base(entropy_len: usize) -> Packet {
         .map(|i| (i * 131 % 251) as u8 ^ 0x5a)
         .collect();
     Packet {
+        sig_alg: kirq::wire::SigAlg::Falcon512,
         key_id: kirq::crypto::falcon::KeyId([0; 8]),
         mix_alg: kirq::wire::MIX_SHAKE256,
         proof_alg: 0,

@@ -43,5 +43,27 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
+# cargo-deny (crates.io, pinned by its own lock file): the dependency policy in deny.toml.
+if ! cargo deny --version >/dev/null 2>&1; then
+  echo "== installing cargo-deny"
+  cargo install cargo-deny --locked
+fi
+echo "== cargo deny check licenses bans sources"
+cargo deny --offline check --hide-inclusion-graph licenses bans sources
+# Advisories need the RustSec database, a git repository on GitHub, which these machines and CI
+# cannot reach (no registry ships it). KIRQ_ADVISORY_DB may name a clone of it brought here by
+# other means; cargo-deny then reads it offline. Without it, say so: it is not checked.
+if [ -n "${KIRQ_ADVISORY_DB:-}" ]; then
+  db_root="$PWD/target/advisory-dbs"
+  mkdir -p "$db_root"
+  # cargo-deny keeps the database for https://github.com/rustsec/advisory-db under this name.
+  ln -sfn "$(realpath "$KIRQ_ADVISORY_DB")" "$db_root/advisory-db-3157b0e258782691"
+  sed "s|^# db-path = .*|db-path = \"$db_root\"|" deny.toml > target/deny-advisories.toml
+  echo "== cargo deny check advisories (database $(git -C "$KIRQ_ADVISORY_DB" log -1 --format='%h of %cs'))"
+  cargo deny --offline --config target/deny-advisories.toml check --hide-inclusion-graph advisories
+else
+  echo "== cargo deny check advisories: NOT CHECKED (no RustSec database here; GitHub is unreachable." \
+       "Set KIRQ_ADVISORY_DB to a clone of github.com/rustsec/advisory-db; see README, Dependency policy)"
+fi
 echo "== cargo test"
 cargo test --all-targets --no-fail-fast --quiet -- --test-threads=2

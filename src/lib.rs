@@ -31,6 +31,7 @@ pub mod pool;
 pub mod quantum;
 pub mod secret;
 pub mod sources;
+pub mod status;
 pub mod tls;
 pub mod util;
 pub mod verify;

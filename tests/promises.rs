@@ -247,7 +247,7 @@ fn lying_hub(f: &Fleet, lie: Arc<AtomicBool>) -> tokio::runtime::Runtime {
                 let mut out = Vec::new();
                 for _ in 0..want.div_ceil(4096).min(16) {
                     let mut p = packet_for(&key, DAEMON_ID, 4096)
-                        .encode_signed(&key)
+                        .encode_signed(&*key)
                         .to_vec();
                     if lie.load(Ordering::Relaxed) {
                         let last = p.len() - 1;

@@ -1,5 +1,5 @@
-//! The `/quantum/*` endpoints through the real router (no socket): VRF and Falcon round trips,
-//! tampering, precise 400s, and the VRF key's dependence on suitable pool entropy.
+//! The `/quantum/*` endpoints through the real router (no socket): VRF, Falcon-512 and ML-DSA-65
+//! round trips, tampering, precise 400s, and the VRF key's dependence on suitable pool entropy.
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
@@ -15,6 +15,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+use kirq::crypto::sig::{HubSigningKey, HubVerifyingKey, SigAlg};
 use kirq::daemon::Daemon;
 use kirq::health::SourceHealth;
 use kirq::secret::Hardening;
@@ -224,39 +225,58 @@ async fn vrf_key_is_not_made_from_local_entropy_by_default() {
     assert_eq!(f.d.pool.len(), 4096);
 }
 
-#[tokio::test]
-async fn falcon_sign_verify_tamper_and_served_key() {
+/// One signature algorithm's endpoints.
+struct SigEndpoints {
+    sign: &'static str,
+    verify: &'static str,
+    public: &'static str,
+    algorithm: &'static str,
+    alg: SigAlg,
+}
+
+const FALCON: SigEndpoints = SigEndpoints {
+    sign: "/quantum/falcon-signature",
+    verify: "/quantum/falcon-verify",
+    public: "/quantum/falcon-public-key",
+    algorithm: "Falcon-512",
+    alg: SigAlg::Falcon512,
+};
+
+const ML_DSA: SigEndpoints = SigEndpoints {
+    sign: "/quantum/ml-dsa-signature",
+    verify: "/quantum/ml-dsa-verify",
+    public: "/quantum/ml-dsa-public-key",
+    algorithm: "ML-DSA-65",
+    alg: SigAlg::MlDsa65,
+};
+
+async fn sign_verify_tamper_and_served_key(e: &SigEndpoints) {
     let f = fixture(true);
     let msg = hex::encode(b"TAO Signal round 42");
-    let (s, a) = call(
-        &f.app,
-        "POST",
-        "/quantum/falcon-signature",
-        Some(json!({"message": msg})),
-    )
-    .await;
+    let (s, a) = call(&f.app, "POST", e.sign, Some(json!({"message": msg}))).await;
     assert_eq!(s, 200, "{a}");
-    assert_eq!(a["algorithm"], "Falcon-512");
+    assert_eq!(a["algorithm"], e.algorithm);
     let sig = hex::decode(a["signature"].as_str().unwrap()).unwrap();
-    assert!(sig.len() <= 752);
+    let (lo, hi) = e.alg.signature_len();
+    assert!((lo..=hi).contains(&sig.len()), "{}", sig.len());
 
     // The served public key is the one in the answer, and it verifies the signature offline.
-    let (s, pk) = call(&f.app, "GET", "/quantum/falcon-public-key", None).await;
+    let (s, pk) = call(&f.app, "GET", e.public, None).await;
     assert_eq!(s, 200);
     assert_eq!(pk["public_key"], a["public_key"]);
-    let vk = kirq::crypto::falcon::VerifyingKey::from_bytes(
-        &hex::decode(pk["public_key"].as_str().unwrap()).unwrap(),
-    )
-    .unwrap();
+    assert_eq!(pk["algorithm"], e.algorithm);
+    let pk_bytes = hex::decode(pk["public_key"].as_str().unwrap()).unwrap();
+    let vk = HubVerifyingKey::from_bytes(e.alg, &pk_bytes).unwrap();
     assert!(vk.verify(b"TAO Signal round 42", &sig));
     assert_eq!(pk["key_id"], vk.id().to_string());
 
     let verify = |body: Value| {
         let app = f.app.clone();
-        async move { call(&app, "POST", "/quantum/falcon-verify", Some(body)).await }
+        async move { call(&app, "POST", e.verify, Some(body)).await }
     };
     let (s, v) = verify(json!({"message": msg, "signature": a["signature"]})).await;
     assert_eq!((s, &v["valid"]), (200, &json!(true)));
+    assert_eq!(v["algorithm"], e.algorithm);
     let (_, v) = verify(json!({"message": msg, "signature": a["signature"],
         "public_key": a["public_key"]}))
     .await;
@@ -271,11 +291,45 @@ async fn falcon_sign_verify_tamper_and_served_key() {
     // Another message fails; so does another (valid-looking) public key.
     let (_, v) = verify(json!({"message": "00", "signature": a["signature"]})).await;
     assert_eq!(v["valid"], false);
-    let other = kirq::crypto::falcon::SigningKey::generate();
     let (_, v) = verify(json!({"message": msg, "signature": a["signature"],
-        "public_key": hex::encode(other.verifying_key().as_bytes())}))
+        "public_key": hex::encode(HubSigningKey::generate(e.alg).verifying_key().as_bytes())}))
     .await;
     assert_eq!(v["valid"], false);
+}
+
+#[tokio::test]
+async fn falcon_sign_verify_tamper_and_served_key() {
+    sign_verify_tamper_and_served_key(&FALCON).await;
+}
+
+#[tokio::test]
+async fn ml_dsa_sign_verify_tamper_and_served_key() {
+    sign_verify_tamper_and_served_key(&ML_DSA).await;
+}
+
+/// A signature of one algorithm never verifies at the other's endpoint: the lengths differ, so
+/// the request is refused with the field named; and the two service keys are distinct.
+#[tokio::test]
+async fn signatures_do_not_cross_algorithms() {
+    let f = fixture(true);
+    let msg = hex::encode(b"m");
+    for (from, to, want) in [
+        (
+            &FALCON,
+            &ML_DSA,
+            "`signature` must decode to exactly 3309 bytes",
+        ),
+        (&ML_DSA, &FALCON, "`signature` must decode to 1..=752 bytes"),
+    ] {
+        let (_, a) = call(&f.app, "POST", from.sign, Some(json!({"message": msg}))).await;
+        let body = json!({"message": msg, "signature": a["signature"]});
+        let (s, v) = call(&f.app, "POST", to.verify, Some(body)).await;
+        assert_eq!(s, 400);
+        assert!(v["error"].as_str().unwrap().contains(want), "{v}");
+    }
+    let (_, fk) = call(&f.app, "GET", FALCON.public, None).await;
+    let (_, mk) = call(&f.app, "GET", ML_DSA.public, None).await;
+    assert_ne!(fk["key_id"], mk["key_id"]);
 }
 
 #[tokio::test]
@@ -321,6 +375,16 @@ async fn bad_requests_name_the_field() {
             "/quantum/falcon-verify",
             json!({"message": "", "signature": "00", "public_key": "00"}),
             "`public_key` must decode to exactly 897 bytes",
+        ),
+        (
+            "/quantum/ml-dsa-verify",
+            json!({"message": "", "signature": hex::encode([0u8; 3309]), "public_key": "00"}),
+            "`public_key` must decode to exactly 1952 bytes",
+        ),
+        (
+            "/quantum/ml-dsa-signature",
+            json!({"message": "", "context": "00"}),
+            "unknown field `context`",
         ),
         (
             "/quantum/vrf/verify",
@@ -415,6 +479,9 @@ async fn quantum_endpoints_answer_503_without_a_quantum_section() {
         Some(json!({"message": ""})),
     )
     .await;
+    assert_eq!(s, 503);
+    assert!(v["error"].as_str().unwrap().contains("[quantum]"));
+    let (s, v) = call(&app, "GET", ML_DSA.public, None).await;
     assert_eq!(s, 503);
     assert!(v["error"].as_str().unwrap().contains("[quantum]"));
     let (s, _) = call(&app, "GET", "/openapi.json", None).await;

@@ -149,7 +149,7 @@ fn keys_persist_rotate_and_refuse_a_wrong_at_rest_key() {
     assert_eq!(sig["public_key"], falcon1.as_str());
     drop(d);
     assert_eq!(mode(&state), 0o700);
-    for f in ["vrf.sealed", "falcon512.sealed"] {
+    for f in ["vrf.sealed", "falcon512.sealed", "ml-dsa-65.sealed"] {
         let p = state.join(f);
         assert_eq!(mode(&p) & 0o077, 0, "{f} must not be readable by others");
         let text = std::fs::read_to_string(&p).unwrap();
@@ -189,7 +189,7 @@ fn keys_persist_rotate_and_refuse_a_wrong_at_rest_key() {
     assert!(log.contains("left untouched"), "{log}");
     assert_eq!(snapshot(&state), before, "no sealed file may change");
 
-    // Rotation by command: a new Falcon key, the VRF key kept; the old Falcon file kept aside.
+    // Rotation by command: new Falcon and ML-DSA keys, the VRF key kept; the old files kept aside.
     let cfg = dir.path().join("kirqd.toml");
     std::fs::write(
         &cfg,
@@ -213,6 +213,8 @@ fn keys_persist_rotate_and_refuse_a_wrong_at_rest_key() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("restart kirqd"));
     assert!(state.join("falcon512.sealed.prev").exists());
+    assert!(state.join("ml-dsa-65.sealed.prev").exists());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ML-DSA-65 service key rotated"));
     let mut d = demo(dir.path(), Some((&state, &key)));
     let (vrf2, falcon2) = wait_for_keys(&mut d);
     assert_eq!(vrf2, vrf1);

@@ -61,6 +61,18 @@ fn unknown_key() {
     d.expect_reject(pkt, 400, "unknown_key");
 }
 
+/// A packet that claims ML-DSA-65 under the trusted Falcon-512 key's id (with a well-formed
+/// ML-DSA-65 signature) is refused before any signature check: the key's algorithm decides.
+#[test]
+fn algorithm_mismatch() {
+    let d = Daemon::start();
+    let ml = kirq::crypto::mldsa::SigningKey::generate();
+    let mut p = packet_for(&d.f.key, DAEMON_ID, 1024);
+    p.sig_alg = kirq::wire::SigAlg::MlDsa65;
+    let pkt = p.encode_signed(&ml).to_vec();
+    d.expect_reject(pkt, 400, "algorithm_mismatch");
+}
+
 #[test]
 fn wrong_recipient() {
     let d = Daemon::start();

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-/// Gathers entropy from its sources, health-tests and mixes it, signs each packet with Falcon-512
-/// and delivers it to kirqd daemons over mutual TLS.
+/// Gathers entropy from its sources, health-tests and mixes it, signs each packet with its key
+/// (Falcon-512 by default, or ML-DSA-65) and delivers it to kirqd daemons over mutual TLS.
 #[derive(Parser, Debug)]
 #[command(name = "kirq-hub", version, propagate_version = true)]
 struct Cli {
@@ -38,16 +38,19 @@ enum Cmd {
         #[arg(long)]
         check: bool,
     },
-    /// Write a new Falcon-512 signing key pair: DIR/NAME.key (mode 0600) and DIR/NAME.pub.
+    /// Write a new signing key pair: DIR/NAME.key (mode 0600) and DIR/NAME.pub.
     ///
     /// Give NAME.pub to every daemon (trust.hub_keys); keep NAME.key on the hub. For a node, give
-    /// NAME.pub to the hubs (decentralized.nodes.public_key) and the other nodes (peers). Existing
-    /// files are never overwritten.
+    /// NAME.pub to the hubs (decentralized.nodes.public_key) and the other nodes (peers); node keys
+    /// are Falcon-512. Existing files are never overwritten.
     Keygen {
         #[arg(long)]
         out: PathBuf,
         #[arg(long, default_value = "hub")]
         name: String,
+        /// Signature algorithm of the key (a hub's packets are signed with it).
+        #[arg(long, value_enum, default_value_t = kirq::crypto::sig::SigAlg::Falcon512)]
+        alg: kirq::crypto::sig::SigAlg,
     },
     /// Write a development PKI: hub-ca.pem, daemon-ca.pem and a certificate and key per name.
     ///
@@ -76,6 +79,11 @@ enum Cmd {
         #[arg(long, short, default_value = "/etc/kirq/kirq-hub.toml")]
         config: PathBuf,
     },
+    /// Summarise a running hub's health, read from its local /health endpoint (metrics_listen).
+    ///
+    /// Signing key and algorithm, hybrid mode, each source's state and quality, proof mode and
+    /// decentralized nodes; each reason for a verdict other than ok is listed.
+    Status(kirq::status::StatusArgs),
 }
 
 #[tokio::main]
@@ -86,12 +94,13 @@ async fn main() -> std::process::ExitCode {
         kirq::util::raise_open_file_limit();
     }
     let result = match cli.cmd {
+        Cmd::Status(args) => return kirq::status::run(kirq::status::Program::Hub, args).await,
         Cmd::Man { out } => {
             clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &out)
                 .map_err(Into::into)
         }
         Cmd::Run { config } => kirq::hub::run(&config).await,
-        Cmd::Keygen { out, name } => keygen(&out, &name),
+        Cmd::Keygen { out, name, alg } => keygen(&out, &name, alg),
         Cmd::Node {
             config,
             check: true,
@@ -121,7 +130,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::CheckConfig { config } => kirq::config::HubConfig::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(|c| {
-                kirq::crypto::falcon::SigningKey::load(&c.signing_key)?;
+                kirq::crypto::sig::HubSigningKey::load(&c.signing_key)?;
                 // The node CA and every node's public key, when nodes are configured.
                 kirq::sources::decentralized::Decentralized::from_hub_config(&c)?;
                 println!(
@@ -136,20 +145,21 @@ async fn main() -> std::process::ExitCode {
     kirq::util::exit_with(result)
 }
 
-fn keygen(out: &std::path::Path, name: &str) -> anyhow::Result<()> {
+fn keygen(out: &std::path::Path, name: &str, alg: kirq::crypto::sig::SigAlg) -> anyhow::Result<()> {
+    use kirq::crypto::sig::PacketSigner;
     if !kirq::wire::is_valid_id(name) {
         anyhow::bail!("--name must be 1-64 characters from [A-Za-z0-9._-]");
     }
-    let key = kirq::crypto::falcon::SigningKey::generate();
+    let key = kirq::crypto::sig::HubSigningKey::generate(alg);
     let (k, p) = key.write_pair(out, name)?;
     println!(
         "secret key: {} (mode 0600; keep it on the hub)",
         k.display()
     );
     println!(
-        "public key: {} (key id {}; list it in each daemon's trust.hub_keys)",
+        "public key: {} ({alg}, key id {}; list it in each daemon's trust.hub_keys)",
         p.display(),
-        key.verifying_key().id()
+        key.key_id()
     );
     Ok(())
 }

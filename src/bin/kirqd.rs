@@ -80,7 +80,8 @@ enum Cmd {
     },
     /// Rotate the quantum service keys; a running kirqd uses the new keys after a restart.
     ///
-    /// The Falcon-512 key is replaced by a new one (the old file is kept as `.prev`). With --vrf
+    /// The Falcon-512 and ML-DSA-65 keys are replaced by new ones (the old files are kept as
+    /// `.prev`). With --vrf
     /// the VRF key is retired (moved to `.prev`) and the next start makes a new one from pool
     /// entropy. Nothing changes unless the current files decrypt under the at-rest key.
     RotateKeys {
@@ -89,7 +90,8 @@ enum Cmd {
         /// Also retire the VRF key.
         #[arg(long)]
         vrf: bool,
-        /// Leave the Falcon-512 key as it is (with --vrf: retire only the VRF key).
+        /// Leave the signature keys (Falcon-512, ML-DSA-65) as they are (with --vrf: retire only
+        /// the VRF key).
         #[arg(long, requires = "vrf")]
         keep_falcon: bool,
     },
@@ -106,6 +108,12 @@ enum Cmd {
         #[arg(long, short, default_value = "/etc/kirq/kirqd.toml")]
         config: PathBuf,
     },
+    /// Summarise a running kirqd's health, read from its local HTTP API.
+    ///
+    /// Pool level by provenance, hubs, last packet age, fallback, device, kernel feeder and
+    /// sources, from GET /api/rng/health and /api/rng/stats; each reason for a verdict other than
+    /// ok is listed.
+    Status(kirq::status::StatusArgs),
 }
 
 #[tokio::main]
@@ -116,6 +124,7 @@ async fn main() -> std::process::ExitCode {
         kirq::util::raise_open_file_limit();
     }
     let result = match cli.cmd {
+        Cmd::Status(args) => return kirq::status::run(kirq::status::Program::Daemon, args).await,
         Cmd::Run {
             config,
             admit_packets,
@@ -167,10 +176,12 @@ fn rotate_keys(config: &std::path::Path, falcon: bool, vrf: bool) -> anyhow::Res
         .quantum
         .ok_or_else(|| anyhow::anyhow!("{} has no [quantum] section", config.display()))?;
     let r = kirq::quantum::rotate(&q, falcon, vrf)?;
-    if let Some((id, prev)) = r.falcon {
-        println!("Falcon-512 service key rotated: new key id {id}");
-        if let Some(p) = prev {
-            println!("  previous key kept in {}", p.display());
+    for (name, rotated) in [("Falcon-512", r.falcon), ("ML-DSA-65", r.ml_dsa)] {
+        if let Some((id, prev)) = rotated {
+            println!("{name} service key rotated: new key id {id}");
+            if let Some(p) = prev {
+                println!("  previous key kept in {}", p.display());
+            }
         }
     }
     if let Some(p) = r.vrf_retired {

@@ -15,15 +15,12 @@
 //! public key.
 
 use std::fmt;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use pqcrypto_falcon::falcon512;
 use pqcrypto_traits::sign::{DetachedSignature as _, PublicKey as _, SecretKey as _};
 
+use super::keyfile;
 use crate::secret::SecretBytes;
 
 pub const PUBLIC_KEY_BYTES: usize = 897;
@@ -110,27 +107,25 @@ impl VerifyingKey {
 
     /// The public key file's text.
     pub fn to_text(&self) -> String {
-        format!("{PUBLIC_TAG}{}\n", B64.encode(self.as_bytes()))
+        keyfile::line(PUBLIC_TAG, self.as_bytes())
     }
 
     /// Reads a public key file (or the public line of a secret key file).
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let fmt_err = |what| KeyError::Format {
-            path: path.to_owned(),
-            what,
-        };
-        let b64 = find_line(&text, PUBLIC_TAG).ok_or(fmt_err("no falcon512-public: line"))?;
-        let bytes = B64
-            .decode(b64)
-            .map_err(|_| fmt_err("public key is not base64"))?;
-        if bytes.len() != PUBLIC_KEY_BYTES {
-            return Err(fmt_err("public key is not 897 bytes"));
-        }
-        Self::from_bytes(&bytes).ok_or(fmt_err("not a Falcon-512 public key"))
+        Self::from_text(path, &keyfile::read_text(path)?)
+    }
+
+    /// Parses a key file's text (`path` only names it in errors).
+    pub(crate) fn from_text(path: &Path, text: &str) -> Result<Self, KeyError> {
+        let bytes = keyfile::decode_line(
+            path,
+            text,
+            PUBLIC_TAG,
+            PUBLIC_KEY_BYTES,
+            "no falcon512-public: line",
+            "public key is not 897 bytes",
+        )?;
+        Self::from_bytes(&bytes).ok_or(keyfile::format_error(path, "not a Falcon-512 public key"))
     }
 }
 
@@ -185,88 +180,44 @@ impl SigningKey {
     }
 
     fn to_text(&self) -> zeroize::Zeroizing<String> {
-        zeroize::Zeroizing::new(format!(
-            "# Kirq hub signing key (Falcon-512, round 3). Keep it secret.\n{SECRET_TAG}{}\n{}",
-            B64.encode(self.sk.expose()),
-            self.public.to_text()
-        ))
+        keyfile::secret_text(
+            "Kirq hub signing key (Falcon-512, round 3). Keep it secret.",
+            SECRET_TAG,
+            self.sk.expose(),
+            &self.public.to_text(),
+        )
     }
 
     /// Reads a secret key file, refusing one that others can read.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).map_err(|source| KeyError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(KeyError::Permissions {
-                path: path.to_owned(),
-                mode,
-            });
-        }
-        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-            KeyError::Read {
-                path: path.to_owned(),
-                source,
-            }
-        })?);
-        let fmt_err = |what| KeyError::Format {
-            path: path.to_owned(),
-            what,
-        };
-        let b64 = find_line(&text, SECRET_TAG).ok_or(fmt_err("no falcon512-secret: line"))?;
-        let sk = SecretBytes::new(
-            B64.decode(b64)
-                .map_err(|_| fmt_err("secret key is not base64"))?,
-        );
-        if sk.len() != SECRET_KEY_BYTES {
-            return Err(fmt_err("secret key is not 1281 bytes"));
-        }
-        let public = VerifyingKey::load(path)?;
+        let text = keyfile::read_secret_text(path)?;
+        let sk = SecretBytes::new(keyfile::decode_line(
+            path,
+            &text,
+            SECRET_TAG,
+            SECRET_KEY_BYTES,
+            "no falcon512-secret: line",
+            "secret key is not 1281 bytes",
+        )?);
+        let public = VerifyingKey::from_text(path, &text)?;
         let key = Self { sk, public };
         // A secret key that does not match its public line would sign packets nobody accepts.
         if !key
             .public
             .verify(b"kirq key check", &key.sign(b"kirq key check"))
         {
-            return Err(fmt_err("secret and public keys do not match"));
+            return Err(keyfile::format_error(
+                path,
+                "secret and public keys do not match",
+            ));
         }
         Ok(key)
     }
 
     /// Writes `DIR/NAME.key` (mode 0600, created new) and `DIR/NAME.pub`.
     pub fn write_pair(&self, dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), KeyError> {
-        std::fs::create_dir_all(dir).map_err(|source| KeyError::Write {
-            path: dir.to_owned(),
-            source,
-        })?;
-        let key_path = dir.join(format!("{name}.key"));
-        let pub_path = dir.join(format!("{name}.pub"));
-        let write = |path: &Path, text: &str, mode: u32| {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .open(path)
-                .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
-                .map_err(|source| KeyError::Write {
-                    path: path.to_owned(),
-                    source,
-                })
-        };
-        write(&key_path, &self.to_text(), 0o600)?;
-        write(&pub_path, &self.public.to_text(), 0o644)?;
-        Ok((key_path, pub_path))
+        keyfile::write_pair(dir, name, &self.to_text(), &self.public.to_text())
     }
-}
-
-fn find_line<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
-    text.lines()
-        .map(str::trim)
-        .find_map(|l| l.strip_prefix(tag))
-        .map(str::trim)
 }
 
 #[cfg(test)]

@@ -1,9 +1,13 @@
-//! Cryptographic building blocks: Falcon-512 packet signatures ([`falcon`]) and commitments.
+//! Cryptographic building blocks: packet signatures ([`falcon`], the default, and [`mldsa`],
+//! chosen per hub key through [`sig`]) and commitments.
 //!
 //! Commitments and key ids use SHA3-256 with a domain-separation label, so a hash made for one
 //! purpose can never be taken for another.
 
 pub mod falcon;
+mod keyfile;
+pub mod mldsa;
+pub mod sig;
 pub mod stark;
 
 use sha3::{Digest, Sha3_256};

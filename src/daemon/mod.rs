@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use crate::config::DaemonConfig;
 use crate::crypto::falcon::VerifyingKey;
+use crate::crypto::sig::HubVerifyingKey;
 use crate::pool::persist::{PoolKey, SealedFile};
 use crate::tls::{self, Identity};
 
@@ -106,12 +107,12 @@ fn restore_sealed(
     Ok(Some((file, key)))
 }
 
-/// Loads every trusted hub key named in the config.
-pub fn load_trusted_keys(cfg: &DaemonConfig) -> anyhow::Result<Vec<VerifyingKey>> {
+/// Loads the trusted hub keys (Falcon-512 or ML-DSA-65, as each file says) named in the config.
+pub fn load_trusted_keys(cfg: &DaemonConfig) -> anyhow::Result<Vec<HubVerifyingKey>> {
     cfg.trust
         .hub_keys
         .iter()
-        .map(|p| VerifyingKey::load(p).map_err(anyhow::Error::from))
+        .map(|p| HubVerifyingKey::load(p).map_err(anyhow::Error::from))
         .collect()
 }
 

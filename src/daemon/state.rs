@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::DaemonConfig;
-use crate::crypto::falcon::VerifyingKey;
+use crate::crypto::sig::HubVerifyingKey;
 use crate::health::SourceHealth;
 use crate::metrics::DaemonMetrics;
 use crate::pool::{Pool, PoolError, Provenance};
@@ -91,12 +91,12 @@ impl Daemon {
     /// start plus the allowed clock skew are refused).
     pub fn open(
         cfg: DaemonConfig,
-        keys: Vec<VerifyingKey>,
+        keys: Vec<HubVerifyingKey>,
         hardening: Hardening,
     ) -> Result<Self, crate::verify::journal::JournalError> {
         let mut d = Self::new(cfg, keys, hardening);
         let now = now_ms();
-        let placeholder = Verifier::new(d.verifier.policy().clone(), Vec::new());
+        let placeholder = Verifier::new(d.verifier.policy().clone(), Vec::<HubVerifyingKey>::new());
         let verifier = std::mem::replace(&mut d.verifier, placeholder);
         d.verifier = match &d.cfg.trust.replay_state_file {
             Some(path) => {
@@ -122,7 +122,7 @@ impl Daemon {
     }
 
     /// The daemon's state with an in-memory replay cache only (in-process tests and benches).
-    pub fn new(cfg: DaemonConfig, keys: Vec<VerifyingKey>, hardening: Hardening) -> Self {
+    pub fn new(cfg: DaemonConfig, keys: Vec<HubVerifyingKey>, hardening: Hardening) -> Self {
         let policy = Policy {
             recipient: cfg.id.clone(),
             max_skew_ms: cfg.trust.max_clock_skew_ms,

@@ -1,7 +1,7 @@
 //! The HTTP faces of kirqd.
 //!
 //! [`app`] is the local shim for consumers (TAO Signal endpoints): `POST /api/rng/random`,
-//! `GET /api/rng/health`, `GET /api/rng/stats`, `GET /metrics`, the VRF and Falcon-512 endpoints
+//! `GET /api/rng/health`, `GET /api/rng/stats`, `GET /metrics`, the VRF, Falcon-512 and ML-DSA-65 endpoints
 //! under `/quantum/` ([`quantum`]) and its own OpenAPI document at `GET /openapi.json`
 //! ([`openapi`]). It binds to loopback by default
 //! and every request passes an allowlist and a per-address token bucket first. [`receive_router`]
@@ -77,6 +77,12 @@ pub fn app(d: Arc<Daemon>) -> Router {
         .route(
             "/quantum/falcon-public-key",
             get(quantum::falcon_public_key),
+        )
+        .route("/quantum/ml-dsa-signature", post(quantum::ml_dsa_signature))
+        .route("/quantum/ml-dsa-verify", post(quantum::ml_dsa_verify))
+        .route(
+            "/quantum/ml-dsa-public-key",
+            get(quantum::ml_dsa_public_key),
         )
         .route("/openapi.json", get(openapi::openapi_json))
         .fallback(not_found)

@@ -170,7 +170,7 @@ pub struct StatsResponse {
     info(
         title = "kirqd HTTP API",
         description = "Kirq's daemon: single-use verified entropy (`/api/rng/*`), an RFC 9381 VRF \
-                       and Falcon-512 signatures with the daemon's keys (`/quantum/*`), and \
+                       and Falcon-512 and ML-DSA-65 signatures with the daemon's keys (`/quantum/*`), and \
                        Prometheus metrics. Every endpoint is behind the http.allow allowlist and a \
                        per-address rate limit. Errors are `{\"error\": ...}`.",
         license(name = "Apache-2.0"),
@@ -187,6 +187,9 @@ pub struct StatsResponse {
         quantum::falcon_signature,
         quantum::falcon_verify,
         quantum::falcon_public_key,
+        quantum::ml_dsa_signature,
+        quantum::ml_dsa_verify,
+        quantum::ml_dsa_public_key,
         openapi_json,
     ),
     tags(
@@ -265,6 +268,9 @@ mod tests {
             "/quantum/falcon-signature",
             "/quantum/falcon-verify",
             "/quantum/falcon-public-key",
+            "/quantum/ml-dsa-signature",
+            "/quantum/ml-dsa-verify",
+            "/quantum/ml-dsa-public-key",
             "/openapi.json",
         ] {
             assert!(v["paths"][path].is_object(), "{path} missing");

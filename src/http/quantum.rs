@@ -1,5 +1,6 @@
-//! Handlers for `/quantum/*`: the RFC 9381 VRF and Falcon-512 signatures with kirqd's service
-//! keys ([`crate::quantum`]).
+//! Handlers for `/quantum/*`: the RFC 9381 VRF and Falcon-512 and ML-DSA-65 signatures with
+//! kirqd's service keys ([`crate::quantum`]). The two signature algorithms share one set of
+//! handlers, parameterised by a [`SigService`] (its field tables, key and verifier).
 //!
 //! Every request body is a JSON object whose binary fields are hex (the default) or standard
 //! padded base64, chosen by `"encoding"`; answers use the same encoding. One table per endpoint
@@ -26,11 +27,12 @@ use utoipa::{PartialSchema, ToSchema};
 
 use super::ApiError;
 use crate::config::DEFAULT_MAX_MESSAGE_BYTES;
-use crate::crypto::falcon::{self, VerifyingKey};
+use crate::crypto::falcon;
+use crate::crypto::mldsa;
+use crate::crypto::sig::{HubVerifyingKey, PacketSigner, SigAlg};
 use crate::daemon::Daemon;
-use crate::quantum::vrf;
+use crate::quantum::{Keys, vrf};
 
-const ALGORITHM: &str = "Falcon-512";
 /// Room in a body beyond the encoded message: keys, signatures, field names.
 const BODY_OVERHEAD: usize = 16 * 1024;
 
@@ -115,19 +117,21 @@ const VRF_VERIFY_FIELDS: &[Field] = &[
         doc: "ECVRF public key (32 bytes); default: the daemon's",
     },
 ];
-const FALCON_SIGN_FIELDS: &[Field] = &[Field {
+const MESSAGE_TO_SIGN: Field = Field {
     name: "message",
     required: true,
     len: Len::Message,
     doc: "message to sign",
-}];
+};
+const SIGNED_MESSAGE: Field = Field {
+    name: "message",
+    required: true,
+    len: Len::Message,
+    doc: "signed message",
+};
+const FALCON_SIGN_FIELDS: &[Field] = &[MESSAGE_TO_SIGN];
 const FALCON_VERIFY_FIELDS: &[Field] = &[
-    Field {
-        name: "message",
-        required: true,
-        len: Len::Message,
-        doc: "signed message",
-    },
+    SIGNED_MESSAGE,
     Field {
         name: "signature",
         required: true,
@@ -141,6 +145,47 @@ const FALCON_VERIFY_FIELDS: &[Field] = &[
         doc: "Falcon-512 public key (897 bytes); default: the daemon's",
     },
 ];
+const ML_DSA_SIGN_FIELDS: &[Field] = &[MESSAGE_TO_SIGN];
+const ML_DSA_VERIFY_FIELDS: &[Field] = &[
+    SIGNED_MESSAGE,
+    Field {
+        name: "signature",
+        required: true,
+        len: Len::Exact(mldsa::SIGNATURE_BYTES),
+        doc: "ML-DSA-65 signature (FIPS 204, pure, empty context; 3309 bytes)",
+    },
+    Field {
+        name: "public_key",
+        required: false,
+        len: Len::Exact(mldsa::PUBLIC_KEY_BYTES),
+        doc: "ML-DSA-65 public key (1952 bytes); default: the daemon's",
+    },
+];
+
+/// One signature algorithm's service: its name, request tables and the daemon's key.
+struct SigService {
+    alg: SigAlg,
+    algorithm: &'static str,
+    sign_fields: &'static [Field],
+    verify_fields: &'static [Field],
+    key: fn(&Keys) -> Result<&(dyn PacketSigner + Sync), String>,
+}
+
+const FALCON: SigService = SigService {
+    alg: SigAlg::Falcon512,
+    algorithm: "Falcon-512",
+    sign_fields: FALCON_SIGN_FIELDS,
+    verify_fields: FALCON_VERIFY_FIELDS,
+    key: |k| k.falcon().map(|k| k as &(dyn PacketSigner + Sync)),
+};
+
+const ML_DSA: SigService = SigService {
+    alg: SigAlg::MlDsa65,
+    algorithm: "ML-DSA-65",
+    sign_fields: ML_DSA_SIGN_FIELDS,
+    verify_fields: ML_DSA_VERIFY_FIELDS,
+    key: |k| k.ml_dsa().map(|k| k as &(dyn PacketSigner + Sync)),
+};
 
 /// A parsed request: the decoded fields in table order, and the encoding for the answer.
 struct Parsed {
@@ -294,29 +339,30 @@ pub struct VrfPublicKeyResponse {
     pub suite: &'static str,
 }
 
-/// `POST /quantum/falcon-signature` answer.
+/// `POST /quantum/falcon-signature` and `/quantum/ml-dsa-signature` answer.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct FalconSignatureResponse {
-    /// Detached signature (PQClean round-3 format, at most 752 bytes), request's encoding.
+pub struct SignatureResponse {
+    /// Detached signature in the request's encoding: Falcon-512 in the PQClean round-3 format (at
+    /// most 752 bytes), ML-DSA-65 in the FIPS 204 format (3309 bytes).
     pub signature: String,
-    /// The daemon's Falcon-512 public key (897 bytes), request's encoding.
+    /// The daemon's public key (Falcon-512: 897 bytes, ML-DSA-65: 1952), request's encoding.
     pub public_key: String,
     #[schema(example = "Falcon-512")]
     pub algorithm: &'static str,
     pub encoding: Encoding,
 }
 
-/// `POST /quantum/falcon-verify` answer.
+/// `POST /quantum/falcon-verify` and `/quantum/ml-dsa-verify` answer.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct FalconVerifyResponse {
+pub struct SignatureVerifyResponse {
     pub valid: bool,
     pub algorithm: &'static str,
 }
 
-/// `GET /quantum/falcon-public-key` answer.
+/// `GET /quantum/falcon-public-key` and `/quantum/ml-dsa-public-key` answer.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct FalconPublicKeyResponse {
-    /// The daemon's Falcon-512 public key, hex.
+pub struct SignaturePublicKeyResponse {
+    /// The daemon's public key, hex.
     pub public_key: String,
     /// The same key, base64.
     pub public_key_base64: String,
@@ -412,95 +458,146 @@ pub async fn vrf_public_key(State(d): State<Arc<Daemon>>) -> Response {
     }
 }
 
-/// Signs a message with the daemon's Falcon-512 service key.
-///
-/// The signature's randomness (nonce and sampler seed) comes from PQClean's `randombytes`, i.e.
-/// the operating system's RNG; see the README section on the `/quantum/*` endpoints.
-#[utoipa::path(post, path = "/quantum/falcon-signature", tag = "quantum",
-    request_body(content = FalconSignRequest, content_type = "application/json"),
-    responses(
-        (status = 200, description = "Detached signature", body = FalconSignatureResponse),
-        (status = 400, description = "Bad field (named)", body = ErrorBody),
-        (status = 403, description = "Client not in http.allow", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Quantum endpoints not configured", body = ErrorBody),
-    ))]
-pub async fn falcon_signature(State(d): State<Arc<Daemon>>, body: Body) -> Response {
-    let key = match d.quantum.falcon() {
+async fn sign_with(d: &Daemon, body: Body, svc: &SigService) -> Response {
+    let key = match (svc.key)(&d.quantum) {
         Ok(k) => k,
         Err(m) => return unavailable(m),
     };
-    let p = match parse(&d, body, FALCON_SIGN_FIELDS).await {
+    let p = match parse(d, body, svc.sign_fields).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
     let sig = key.sign(p.fields[0].as_deref().unwrap_or_default());
-    Json(FalconSignatureResponse {
+    Json(SignatureResponse {
         signature: p.encoding.encode(&sig),
-        public_key: p.encoding.encode(key.verifying_key().as_bytes()),
-        algorithm: ALGORITHM,
+        public_key: p.encoding.encode(key.public_key()),
+        algorithm: svc.algorithm,
         encoding: p.encoding,
     })
     .into_response()
 }
 
-/// Verifies a Falcon-512 detached signature (by default under the daemon's key).
-#[utoipa::path(post, path = "/quantum/falcon-verify", tag = "quantum",
-    request_body(content = FalconVerifyRequest, content_type = "application/json"),
-    responses(
-        (status = 200, description = "Verdict", body = FalconVerifyResponse),
-        (status = 400, description = "Bad field (named)", body = ErrorBody),
-        (status = 403, description = "Client not in http.allow", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "No public_key given and no service key", body = ErrorBody),
-    ))]
-pub async fn falcon_verify(State(d): State<Arc<Daemon>>, body: Body) -> Response {
-    let p = match parse(&d, body, FALCON_VERIFY_FIELDS).await {
+async fn verify_with(d: &Daemon, body: Body, svc: &SigService) -> Response {
+    let p = match parse(d, body, svc.verify_fields).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
     let message = p.fields[0].as_deref().unwrap_or_default();
     let sig = p.fields[1].as_deref().unwrap_or_default();
-    let valid = match &p.fields[2] {
-        // 897 bytes always parse as a key; PQClean rejects a malformed one in verify.
-        Some(pk) => VerifyingKey::from_bytes(pk).is_some_and(|k| k.verify(message, sig)),
-        None => match d.quantum.falcon() {
-            Ok(k) => k.verifying_key().verify(message, sig),
+    let public = match &p.fields[2] {
+        Some(pk) => pk.as_slice(),
+        None => match (svc.key)(&d.quantum) {
+            Ok(k) => k.public_key(),
             Err(m) => return unavailable(m),
         },
     };
-    Json(FalconVerifyResponse {
+    // A key of the table's exact length always parses (Falcon: PQClean rejects a malformed one
+    // in verify; ML-DSA-65: every 1952-byte string is a key).
+    let valid =
+        HubVerifyingKey::from_bytes(svc.alg, public).is_some_and(|k| k.verify(message, sig));
+    Json(SignatureVerifyResponse {
         valid,
-        algorithm: ALGORITHM,
+        algorithm: svc.algorithm,
     })
     .into_response()
 }
 
-/// The daemon's Falcon-512 service public key.
-#[utoipa::path(get, path = "/quantum/falcon-public-key", tag = "quantum",
-    responses(
-        (status = 200, description = "The public key", body = FalconPublicKeyResponse),
-        (status = 403, description = "Client not in http.allow", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Quantum endpoints not configured", body = ErrorBody),
-    ))]
-pub async fn falcon_public_key(State(d): State<Arc<Daemon>>) -> Response {
-    match d.quantum.falcon() {
-        Ok(k) => {
-            let vk = k.verifying_key();
-            Json(FalconPublicKeyResponse {
-                public_key: hex::encode(vk.as_bytes()),
-                public_key_base64: B64_ENCODE.encode(vk.as_bytes()),
-                key_id: vk.id().to_string(),
-                algorithm: ALGORITHM,
-            })
-            .into_response()
-        }
+fn public_key_of(d: &Daemon, svc: &SigService) -> Response {
+    match (svc.key)(&d.quantum) {
+        Ok(k) => Json(SignaturePublicKeyResponse {
+            public_key: hex::encode(k.public_key()),
+            public_key_base64: B64_ENCODE.encode(k.public_key()),
+            key_id: k.key_id().to_string(),
+            algorithm: svc.algorithm,
+        })
+        .into_response(),
         Err(m) => unavailable(m),
     }
 }
+
+/// The three handlers of one signature algorithm (sign, verify, public key) and their OpenAPI
+/// annotations, all served by [`sign_with`], [`verify_with`] and [`public_key_of`].
+macro_rules! signature_endpoints {
+    (
+        $svc:expr,
+        $sign:ident = $sign_path:literal, $sign_req:ty, $sign_summary:literal, $sign_doc:literal,
+        $verify:ident = $verify_path:literal, $verify_req:ty, $verify_summary:literal,
+        $public:ident = $public_path:literal, $public_summary:literal $(,)?
+    ) => {
+        #[utoipa::path(post, path = $sign_path, tag = "quantum",
+            summary = $sign_summary, description = $sign_doc,
+            request_body(content = $sign_req, content_type = "application/json"),
+            responses(
+                (status = 200, description = "Signature", body = SignatureResponse),
+                (status = 400, description = "Bad field (named)", body = ErrorBody),
+                (status = 403, description = "Client not in http.allow", body = ErrorBody),
+                (status = 413, description = "Body too large", body = ErrorBody),
+                (status = 429, description = "Rate limited", body = ErrorBody),
+                (status = 503, description = "Quantum endpoints not configured", body = ErrorBody),
+            ))]
+        #[doc = $sign_summary]
+        pub async fn $sign(State(d): State<Arc<Daemon>>, body: Body) -> Response {
+            sign_with(&d, body, &$svc).await
+        }
+
+        #[utoipa::path(post, path = $verify_path, tag = "quantum", summary = $verify_summary,
+            request_body(content = $verify_req, content_type = "application/json"),
+            responses(
+                (status = 200, description = "Verdict", body = SignatureVerifyResponse),
+                (status = 400, description = "Bad field (named)", body = ErrorBody),
+                (status = 403, description = "Client not in http.allow", body = ErrorBody),
+                (status = 413, description = "Body too large", body = ErrorBody),
+                (status = 429, description = "Rate limited", body = ErrorBody),
+                (status = 503, description = "No public_key given and no service key",
+                    body = ErrorBody),
+            ))]
+        #[doc = $verify_summary]
+        pub async fn $verify(State(d): State<Arc<Daemon>>, body: Body) -> Response {
+            verify_with(&d, body, &$svc).await
+        }
+
+        #[utoipa::path(get, path = $public_path, tag = "quantum", summary = $public_summary,
+            responses(
+                (status = 200, description = "The public key", body = SignaturePublicKeyResponse),
+                (status = 403, description = "Client not in http.allow", body = ErrorBody),
+                (status = 429, description = "Rate limited", body = ErrorBody),
+                (status = 503, description = "Quantum endpoints not configured", body = ErrorBody),
+            ))]
+        #[doc = $public_summary]
+        pub async fn $public(State(d): State<Arc<Daemon>>) -> Response {
+            public_key_of(&d, &$svc)
+        }
+    };
+}
+
+signature_endpoints!(
+    FALCON,
+    falcon_signature = "/quantum/falcon-signature",
+    FalconSignRequest,
+    "Signs a message with the daemon's Falcon-512 service key.",
+    "The signature's randomness (nonce and sampler seed) comes from PQClean's `randombytes`, i.e. \
+     the operating system's RNG; see the README section on the `/quantum/*` endpoints.",
+    falcon_verify = "/quantum/falcon-verify",
+    FalconVerifyRequest,
+    "Verifies a Falcon-512 detached signature (by default under the daemon's key).",
+    falcon_public_key = "/quantum/falcon-public-key",
+    "The daemon's Falcon-512 service public key.",
+);
+
+signature_endpoints!(
+    ML_DSA,
+    ml_dsa_signature = "/quantum/ml-dsa-signature",
+    MlDsaSignRequest,
+    "Signs a message with the daemon's ML-DSA-65 service key (FIPS 204 ML-DSA.Sign, pure, empty \
+     context).",
+    "The signature is hedged: aws-lc draws its per-signature randomness from its own RNG, seeded \
+     from the operating system; see the README section on the `/quantum/*` endpoints.",
+    ml_dsa_verify = "/quantum/ml-dsa-verify",
+    MlDsaVerifyRequest,
+    "Verifies an ML-DSA-65 signature (by default under the daemon's key).",
+    ml_dsa_public_key = "/quantum/ml-dsa-public-key",
+    "The daemon's ML-DSA-65 service public key.",
+);
 
 // ---- OpenAPI request schemas, built from the same field tables the parser uses ----
 
@@ -622,6 +719,8 @@ request_type!(
     FALCON_VERIFY_FIELDS,
     "Falcon-512 verify"
 );
+request_type!(MlDsaSignRequest, ML_DSA_SIGN_FIELDS, "ML-DSA-65 sign");
+request_type!(MlDsaVerifyRequest, ML_DSA_VERIFY_FIELDS, "ML-DSA-65 verify");
 
 #[cfg(test)]
 mod tests {

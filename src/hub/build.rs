@@ -21,7 +21,7 @@ use prometheus_client::registry::Registry;
 
 use crate::config::{BelowMin, HybridConfig, ProofConfig, ProofMode};
 use crate::crypto::commit_contribution;
-use crate::crypto::falcon::SigningKey;
+use crate::crypto::sig::{HubSigningKey, PacketSigner};
 use crate::crypto::stark;
 use crate::health::SourceHealth;
 use crate::metrics::{HubMetrics, Label1};
@@ -112,7 +112,7 @@ struct HybridMetrics {
 /// Makes signed packets from the hub's sources.
 #[derive(Debug)]
 pub struct PacketFactory {
-    key: SigningKey,
+    key: HubSigningKey,
     sources: Vec<TrackedSource>,
     sequence: AtomicU64,
     lifetime_ms: u64,
@@ -144,7 +144,7 @@ fn l1(k: &'static str, v: &str) -> Label1 {
 
 impl PacketFactory {
     pub fn new(
-        key: SigningKey,
+        key: impl Into<HubSigningKey>,
         sources: Vec<(Box<dyn Source>, SourceSettings)>,
         alpha_exp: u32,
         quarantine: Duration,
@@ -165,7 +165,7 @@ impl PacketFactory {
             })
             .collect();
         Self {
-            key,
+            key: key.into(),
             sources,
             sequence: AtomicU64::new(0),
             lifetime_ms,
@@ -270,7 +270,7 @@ impl PacketFactory {
         &self.sources
     }
 
-    pub fn key(&self) -> &SigningKey {
+    pub fn key(&self) -> &HubSigningKey {
         &self.key
     }
 
@@ -716,7 +716,8 @@ impl PacketFactory {
         getrandom::fill(&mut nonce).expect("the OS RNG is available");
         let issued_at_ms = now_ms();
         let packet = Packet {
-            key_id: self.key.verifying_key().id(),
+            sig_alg: self.key.sig_alg(),
+            key_id: self.key.key_id(),
             mix_alg,
             proof_alg,
             recipient: recipient.to_owned(),

@@ -15,12 +15,12 @@ pub use serve::{MAX_PACKETS_PER_PULL, RunningHub, make_source, start};
 use std::path::Path;
 
 use crate::config::HubConfig;
-use crate::crypto::falcon::SigningKey;
+use crate::crypto::sig::HubSigningKey;
 
 /// Runs the hub from a config file until SIGINT/SIGTERM.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let cfg = HubConfig::load(config_path)?;
-    let key = SigningKey::load(&cfg.signing_key)?;
+    let key = HubSigningKey::load(&cfg.signing_key)?;
     let hub = start(cfg, key).await?;
     tracing::info!(pull = %hub.pull_addr, "kirq-hub running; Ctrl-C to stop");
     crate::daemon::shutdown_signal().await;

@@ -15,7 +15,7 @@ use axum::{Extension, Json, Router};
 
 use super::build::{PacketFactory, SourceSettings};
 use crate::config::{HubConfig, SourceConfig, SourceType};
-use crate::crypto::falcon::SigningKey;
+use crate::crypto::sig::{HubSigningKey, PacketSigner};
 use crate::metrics::HubMetrics;
 use crate::sources::device::DeviceSource;
 use crate::sources::gate::Policy;
@@ -96,7 +96,7 @@ pub fn make_source(c: &SourceConfig) -> Result<(Box<dyn Source>, SourceSettings)
 }
 
 /// Starts every part of the hub and returns once its listeners are bound.
-pub async fn start(cfg: HubConfig, key: SigningKey) -> anyhow::Result<RunningHub> {
+pub async fn start(cfg: HubConfig, key: impl Into<HubSigningKey>) -> anyhow::Result<RunningHub> {
     let identity = Identity::load(&cfg.tls.cert, &cfg.tls.key)?;
     let daemon_ca = tls::load_certs(&cfg.tls.daemon_ca)?;
     let server_cfg = tls::server_config(&identity, &daemon_ca, cfg.tls.pq_only)?;
@@ -131,7 +131,8 @@ pub async fn start(cfg: HubConfig, key: SigningKey) -> anyhow::Result<RunningHub
     let metrics = Arc::new(metrics);
     tracing::info!(
         hub = %cfg.id,
-        key_id = %factory.key().verifying_key().id(),
+        key_id = %factory.key().key_id(),
+        sig_alg = %factory.key().sig_alg(),
         sources = cfg.sources.len(),
         "hub signing key loaded"
     );
@@ -409,7 +410,8 @@ async fn hub_health(State(state): State<Arc<HubState>>) -> Json<serde_json::Valu
     let (mode, healthy) = f.mode();
     Json(serde_json::json!({
         "hub": state.id,
-        "key_id": f.key().verifying_key().id().to_string(),
+        "key_id": f.key().key_id().to_string(),
+        "sig_alg": f.key().sig_alg().as_str(),
         "hybrid": {
             "min_sources": f.hybrid().min_sources,
             "below_min": f.hybrid().below_min,

@@ -131,6 +131,7 @@ impl AtRestKey {
 pub enum Kind {
     Vrf,
     Falcon,
+    MlDsa65,
 }
 
 impl Kind {
@@ -138,6 +139,7 @@ impl Kind {
         match self {
             Self::Vrf => "vrf",
             Self::Falcon => "falcon512",
+            Self::MlDsa65 => "ml-dsa-65",
         }
     }
 }

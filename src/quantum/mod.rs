@@ -1,5 +1,5 @@
-//! The service keys behind the `/quantum/*` endpoints: an RFC 9381 VRF key and a Falcon-512
-//! signing key, both held by kirqd and sealed at rest ([`keystore`]).
+//! The service keys behind the `/quantum/*` endpoints: an RFC 9381 VRF key, a Falcon-512 and an
+//! ML-DSA-65 signing key, all held by kirqd and sealed at rest ([`keystore`]).
 //!
 //! Where each key's randomness comes from, exactly:
 //! - **VRF secret key**: 32 bytes taken once from the single-use pool, from a provenance class
@@ -12,6 +12,9 @@
 //!   signature's nonce and sampler seed. kirqd does not feed pool bytes to Falcon directly; the
 //!   link to verified entropy is only that kirqd, where it is set up to, seeds the kernel's RNG
 //!   from its pool. The Falcon key is made at first start (it needs no pool bytes).
+//! - **ML-DSA-65 key and signatures**: the key's 32-byte FIPS 204 seed is read from the OS RNG
+//!   (getrandom) at first start; aws-lc draws each signature's hedging randomness from its own
+//!   RNG (seeded from the OS). The same caveat as for Falcon applies.
 //!
 //! The one design choice a reader must know: keys are loaded or created once, at start, into
 //! write-once cells ([`Keys`]); rotation (`kirqd rotate-keys`) rewrites the sealed files and takes
@@ -25,7 +28,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::config::QuantumConfig;
-use crate::crypto::falcon::SigningKey;
+use crate::crypto::falcon::{KeyId, SigningKey};
+use crate::crypto::mldsa;
 use crate::daemon::Daemon;
 use crate::pool::Want;
 use crate::secret::SecretBytes;
@@ -35,6 +39,7 @@ use vrf::VrfKey;
 /// File names inside `quantum.state_dir`.
 pub const VRF_FILE: &str = "vrf.sealed";
 pub const FALCON_FILE: &str = "falcon512.sealed";
+pub const ML_DSA_FILE: &str = "ml-dsa-65.sealed";
 
 /// Why the VRF key is not there yet (the 503 message).
 #[derive(Debug, Clone)]
@@ -48,6 +53,7 @@ enum Pending {
 pub struct Keys {
     vrf: OnceLock<VrfKey>,
     falcon: OnceLock<SigningKey>,
+    ml_dsa: OnceLock<mldsa::SigningKey>,
     pending: Mutex<Pending>,
 }
 
@@ -56,6 +62,7 @@ impl Default for Keys {
         Self {
             vrf: OnceLock::new(),
             falcon: OnceLock::new(),
+            ml_dsa: OnceLock::new(),
             pending: Mutex::new(Pending::Disabled),
         }
     }
@@ -81,6 +88,11 @@ impl Keys {
         self.falcon.get().ok_or_else(|| DISABLED.into())
     }
 
+    /// The ML-DSA-65 service key, or the reason it is not available (for a 503).
+    pub fn ml_dsa(&self) -> Result<&mldsa::SigningKey, String> {
+        self.ml_dsa.get().ok_or_else(|| DISABLED.into())
+    }
+
     fn set_vrf(&self, k: VrfKey) {
         let _ = self.vrf.set(k);
     }
@@ -102,13 +114,78 @@ pub fn falcon_path(cfg: &QuantumConfig) -> PathBuf {
     cfg.state_dir.join(FALCON_FILE)
 }
 
-fn seal_falcon(at_rest: &AtRestKey, k: &SigningKey) -> String {
-    keystore::seal(
-        at_rest,
-        Kind::Falcon,
-        k.verifying_key().as_bytes(),
-        k.expose_secret(),
-    )
+/// A signature service key sealed at rest: Falcon-512 or ML-DSA-65.
+trait SealedSigner: Sized {
+    const KIND: Kind;
+    const FILE: &'static str;
+    const NAME: &'static str;
+    /// A fresh key from the OS RNG.
+    fn generate() -> Self;
+    /// The key from a decrypted file; `None` unless its secret and public halves are a pair.
+    fn from_opened(o: keystore::Opened) -> Option<Self>;
+    fn public(&self) -> &[u8];
+    fn secret(&self) -> &[u8];
+    fn id(&self) -> KeyId;
+}
+
+impl SealedSigner for SigningKey {
+    const KIND: Kind = Kind::Falcon;
+    const FILE: &'static str = FALCON_FILE;
+    const NAME: &'static str = "Falcon-512";
+    fn generate() -> Self {
+        SigningKey::generate()
+    }
+    fn from_opened(o: keystore::Opened) -> Option<Self> {
+        SigningKey::from_parts(o.secret, &o.public)
+    }
+    fn public(&self) -> &[u8] {
+        self.verifying_key().as_bytes()
+    }
+    fn secret(&self) -> &[u8] {
+        self.expose_secret()
+    }
+    fn id(&self) -> KeyId {
+        self.verifying_key().id()
+    }
+}
+
+impl SealedSigner for mldsa::SigningKey {
+    const KIND: Kind = Kind::MlDsa65;
+    const FILE: &'static str = ML_DSA_FILE;
+    const NAME: &'static str = "ML-DSA-65";
+    fn generate() -> Self {
+        mldsa::SigningKey::generate()
+    }
+    fn from_opened(o: keystore::Opened) -> Option<Self> {
+        mldsa::SigningKey::from_parts(o.secret, &o.public)
+    }
+    fn public(&self) -> &[u8] {
+        self.verifying_key().as_bytes()
+    }
+    fn secret(&self) -> &[u8] {
+        self.expose_seed()
+    }
+    fn id(&self) -> KeyId {
+        self.verifying_key().id()
+    }
+}
+
+fn seal_signer<K: SealedSigner>(at_rest: &AtRestKey, k: &K) -> String {
+    keystore::seal(at_rest, K::KIND, k.public(), k.secret())
+}
+
+/// Loads a sealed signature key, if its file exists.
+fn load_signer<K: SealedSigner>(
+    cfg: &QuantumConfig,
+    at_rest: &AtRestKey,
+) -> Result<Option<K>, QuantumError> {
+    let path = cfg.state_dir.join(K::FILE);
+    match keystore::open(at_rest, K::KIND, &path)? {
+        None => Ok(None),
+        Some(o) => K::from_opened(o)
+            .map(Some)
+            .ok_or(QuantumError::BadKey(path)),
+    }
 }
 
 /// Loads the sealed Falcon key, if its file exists.
@@ -116,13 +193,15 @@ pub fn load_falcon(
     cfg: &QuantumConfig,
     at_rest: &AtRestKey,
 ) -> Result<Option<SigningKey>, QuantumError> {
-    let path = falcon_path(cfg);
-    match keystore::open(at_rest, Kind::Falcon, &path)? {
-        None => Ok(None),
-        Some(o) => SigningKey::from_parts(o.secret, &o.public)
-            .map(Some)
-            .ok_or(QuantumError::BadKey(path)),
-    }
+    load_signer(cfg, at_rest)
+}
+
+/// Loads the sealed ML-DSA-65 key, if its file exists.
+pub fn load_ml_dsa(
+    cfg: &QuantumConfig,
+    at_rest: &AtRestKey,
+) -> Result<Option<mldsa::SigningKey>, QuantumError> {
+    load_signer(cfg, at_rest)
 }
 
 /// Loads the sealed VRF key, if its file exists.
@@ -137,20 +216,22 @@ pub fn load_vrf(cfg: &QuantumConfig, at_rest: &AtRestKey) -> Result<Option<VrfKe
     }
 }
 
-/// Loads the Falcon key, or makes and seals one on first start.
-fn load_or_create_falcon(
+/// Loads a signature key, or makes and seals one on first start.
+fn load_or_create<K: SealedSigner>(
     cfg: &QuantumConfig,
     at_rest: &AtRestKey,
-) -> Result<SigningKey, QuantumError> {
-    if let Some(k) = load_falcon(cfg, at_rest)? {
+) -> Result<K, QuantumError> {
+    if let Some(k) = load_signer::<K>(cfg, at_rest)? {
         return Ok(k);
     }
-    let k = SigningKey::generate();
-    keystore::write_new(&falcon_path(cfg), &seal_falcon(at_rest, &k))?;
+    let k = K::generate();
+    let path = cfg.state_dir.join(K::FILE);
+    keystore::write_new(&path, &seal_signer(at_rest, &k))?;
     tracing::info!(
-        key_id = %k.verifying_key().id(),
-        path = %falcon_path(cfg).display(),
-        "generated the Falcon-512 service key (OS RNG) and sealed it at rest"
+        key_id = %k.id(),
+        path = %path.display(),
+        "generated the {} service key (OS RNG) and sealed it at rest",
+        K::NAME
     );
     Ok(k)
 }
@@ -164,8 +245,10 @@ pub fn start(d: &Arc<Daemon>) -> anyhow::Result<Option<tokio::task::JoinHandle<(
     };
     let at_rest = AtRestKey::from_config(&cfg)?;
     keystore::ensure_dir(&cfg.state_dir)?;
-    let falcon = load_or_create_falcon(&cfg, &at_rest)?;
+    let falcon = load_or_create::<SigningKey>(&cfg, &at_rest)?;
     let _ = d.quantum.falcon.set(falcon);
+    let ml_dsa = load_or_create::<mldsa::SigningKey>(&cfg, &at_rest)?;
+    let _ = d.quantum.ml_dsa.set(ml_dsa);
     if let Some(k) = load_vrf(&cfg, &at_rest)? {
         tracing::info!(public_key = %hex::encode(k.public_key()), "loaded the VRF key");
         d.quantum.set_vrf(k);
@@ -240,10 +323,12 @@ fn make_vrf_key(
 #[derive(Debug, Default)]
 pub struct Rotated {
     pub falcon: Option<(String, Option<PathBuf>)>,
+    pub ml_dsa: Option<(String, Option<PathBuf>)>,
     pub vrf_retired: Option<PathBuf>,
 }
 
-/// Rotates the Falcon key (a new key sealed in place, the old one kept as `.prev`) and, with
+/// Rotates the signature keys, Falcon-512 and ML-DSA-65 (a new key sealed in place, the old one
+/// kept as `.prev`), when `falcon` is set, and, with
 /// `vrf`, retires the VRF key (moved to `.prev`) so the next start makes a new one from pool
 /// entropy. Each current file must decrypt under the at-rest key first: a wrong at-rest key
 /// changes nothing.
@@ -253,15 +338,15 @@ pub fn rotate(cfg: &QuantumConfig, falcon: bool, vrf: bool) -> Result<Rotated, Q
     // Check both before changing either.
     if falcon {
         load_falcon(cfg, &at_rest)?;
+        load_ml_dsa(cfg, &at_rest)?;
     }
     if vrf {
         load_vrf(cfg, &at_rest)?;
     }
     let mut out = Rotated::default();
     if falcon {
-        let k = SigningKey::generate();
-        let prev = keystore::replace(&falcon_path(cfg), &seal_falcon(&at_rest, &k))?;
-        out.falcon = Some((k.verifying_key().id().to_string(), prev));
+        out.falcon = Some(replace_signer::<SigningKey>(cfg, &at_rest)?);
+        out.ml_dsa = Some(replace_signer::<mldsa::SigningKey>(cfg, &at_rest)?);
     }
     if vrf {
         let path = vrf_path(cfg);
@@ -271,6 +356,16 @@ pub fn rotate(cfg: &QuantumConfig, falcon: bool, vrf: bool) -> Result<Rotated, Q
         }
     }
     Ok(out)
+}
+
+/// Seals a new key of `K` in place; returns its id and where the old file went.
+fn replace_signer<K: SealedSigner>(
+    cfg: &QuantumConfig,
+    at_rest: &AtRestKey,
+) -> Result<(String, Option<PathBuf>), QuantumError> {
+    let k = K::generate();
+    let prev = keystore::replace(&cfg.state_dir.join(K::FILE), &seal_signer(at_rest, &k))?;
+    Ok((k.id().to_string(), prev))
 }
 
 fn retire(path: &Path) -> Result<PathBuf, QuantumError> {
@@ -299,12 +394,15 @@ mod tests {
     }
 
     #[test]
-    fn falcon_persists_and_rotates() {
+    fn signature_keys_persist_and_rotate() {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(dir.path());
         let at_rest = AtRestKey::from_config(&c).unwrap();
-        let k1 = load_or_create_falcon(&c, &at_rest).unwrap();
-        let k2 = load_or_create_falcon(&c, &at_rest).unwrap();
+        let k1 = load_or_create::<SigningKey>(&c, &at_rest).unwrap();
+        let k2 = load_or_create::<SigningKey>(&c, &at_rest).unwrap();
+        let m1 = load_or_create::<mldsa::SigningKey>(&c, &at_rest).unwrap();
+        let m2 = load_or_create::<mldsa::SigningKey>(&c, &at_rest).unwrap();
+        assert_eq!(m1.verifying_key().as_bytes(), m2.verifying_key().as_bytes());
         assert_eq!(k1.verifying_key().as_bytes(), k2.verifying_key().as_bytes());
         let r = rotate(&c, true, false).unwrap();
         let (id, prev) = r.falcon.unwrap();
@@ -312,6 +410,14 @@ mod tests {
         let k3 = load_falcon(&c, &at_rest).unwrap().unwrap();
         assert_eq!(k3.verifying_key().id().to_string(), id);
         assert_ne!(k3.verifying_key().as_bytes(), k1.verifying_key().as_bytes());
+        let (id, prev) = r.ml_dsa.unwrap();
+        assert!(prev.unwrap().exists());
+        let m3 = load_ml_dsa(&c, &at_rest).unwrap().unwrap();
+        assert_eq!(m3.verifying_key().id().to_string(), id);
+        assert_ne!(m3.verifying_key().as_bytes(), m1.verifying_key().as_bytes());
+        // A sealed ML-DSA file is not a Falcon key (the kind is bound into the AAD).
+        std::fs::copy(c.state_dir.join(ML_DSA_FILE), falcon_path(&c)).unwrap();
+        assert!(load_falcon(&c, &at_rest).is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The daemon's packet verifier: every check, in a fixed order, before a byte is admitted.
 //!
 //! Order: size → decode (structure, version) → recipient → time window → nonce not seen →
-//! signature by a trusted hub key → each decentralized node's signature on its commitment → node
+//! signature by a trusted hub key (whose algorithm must be the one the packet names) → each
+//! decentralized node's signature on its commitment → node
 //! quorum → proof policy and the mixing proof → health tests on the entropy → record the nonce.
 //! Each failure is a distinct [`Reject`] with a stable reason label. Cheap checks come first so a
 //! flood of bad packets costs little; the nonce is recorded only after the signature verified, so
@@ -17,6 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::crypto::falcon::{KeyId, VerifyingKey};
+use crate::crypto::sig::{HubVerifyingKey, SigAlg};
 use crate::crypto::stark::{self, PublicPart};
 use crate::health::{HealthFailure, HealthTester};
 use crate::pool::Provenance;
@@ -50,6 +52,12 @@ pub enum Reject {
     ReplayCacheFull,
     #[error("packet signed by an unknown key {0}")]
     UnknownKey(KeyId),
+    #[error("packet claims {packet} but its key {key} is a trusted {trusted} key")]
+    AlgorithmMismatch {
+        key: KeyId,
+        packet: SigAlg,
+        trusted: SigAlg,
+    },
     #[error("signature does not verify")]
     BadSignature,
     #[error("node {node}: {why}")]
@@ -87,6 +95,7 @@ impl Reject {
             Self::ReplayState(_) => "replay_state_failed",
             Self::ReplayCacheFull => "replay_cache_full",
             Self::UnknownKey(_) => "unknown_key",
+            Self::AlgorithmMismatch { .. } => "algorithm_mismatch",
             Self::BadSignature => "bad_signature",
             Self::BadNodeSignature { .. } => "bad_node_signature",
             Self::BadNodeReceipt { .. } => "bad_node_receipt",
@@ -116,6 +125,7 @@ impl Reject {
         "replay_state_failed",
         "replay_cache_full",
         "unknown_key",
+        "algorithm_mismatch",
         "bad_signature",
         "bad_node_signature",
         "bad_node_receipt",
@@ -218,7 +228,7 @@ impl ReplayCache {
 /// Verifies packets for one daemon. Shared by all connections.
 pub struct Verifier {
     policy: Policy,
-    keys: RwLock<Arc<HashMap<KeyId, VerifyingKey>>>,
+    keys: RwLock<Arc<HashMap<KeyId, HubVerifyingKey>>>,
     /// Trusted decentralized nodes by id.
     nodes: RwLock<Arc<HashMap<String, VerifyingKey>>>,
     replay: Mutex<ReplayCache>,
@@ -236,7 +246,7 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
-    pub fn new(policy: Policy, trusted: Vec<VerifyingKey>) -> Self {
+    pub fn new(policy: Policy, trusted: Vec<impl Into<HubVerifyingKey>>) -> Self {
         let v = Self {
             policy,
             keys: RwLock::new(Arc::new(HashMap::new())),
@@ -281,9 +291,15 @@ impl Verifier {
         &self.policy
     }
 
-    /// Replaces the trusted hub keys (rotation: list old and new together).
-    pub fn set_trusted_keys(&self, trusted: Vec<VerifyingKey>) {
-        let map = trusted.into_iter().map(|k| (k.id(), k)).collect();
+    /// Replaces the trusted hub keys (rotation: list old and new together), of either algorithm.
+    pub fn set_trusted_keys(&self, trusted: Vec<impl Into<HubVerifyingKey>>) {
+        let map = trusted
+            .into_iter()
+            .map(|k| {
+                let k = k.into();
+                (k.id(), k)
+            })
+            .collect();
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
     }
 
@@ -423,6 +439,13 @@ impl Verifier {
             .get(&pkt.key_id)
             .cloned()
             .ok_or(Reject::UnknownKey(pkt.key_id))?;
+        if key.alg() != pkt.sig_alg {
+            return Err(Reject::AlgorithmMismatch {
+                key: pkt.key_id,
+                packet: pkt.sig_alg,
+                trusted: key.alg(),
+            });
+        }
         if !key.verify(&crate::wire::signing_digest(decoded.signed), &pkt.signature) {
             return Err(Reject::BadSignature);
         }
@@ -538,18 +561,19 @@ mod tests {
     use crate::crypto::falcon::SigningKey;
     use crate::wire::{SourceKind, sample_packet};
 
+    fn policy(quorum: usize) -> Policy {
+        Policy {
+            recipient: "kirqd-t".into(),
+            max_skew_ms: DEFAULT_MAX_SKEW_MS,
+            require_proof: false,
+            min_node_quorum: quorum,
+            replay_capacity: 1024,
+            alpha_exp: 30,
+        }
+    }
+
     fn verifier(hub: &SigningKey, quorum: usize, nodes: &[(&str, &SigningKey)]) -> Verifier {
-        let v = Verifier::new(
-            Policy {
-                recipient: "kirqd-t".into(),
-                max_skew_ms: DEFAULT_MAX_SKEW_MS,
-                require_proof: false,
-                min_node_quorum: quorum,
-                replay_capacity: 1024,
-                alpha_exp: 30,
-            },
-            vec![hub.verifying_key().clone()],
-        );
+        let v = Verifier::new(policy(quorum), vec![hub.verifying_key().clone()]);
         v.set_trusted_nodes(
             nodes
                 .iter()
@@ -766,5 +790,81 @@ mod tests {
         q.provenance.retain(|s| s.id != "node-c");
         let r = v.verify(&q.encode_signed(&hub), crate::util::now_ms());
         assert_eq!(r.unwrap_err().reason(), "bad_node_receipt");
+    }
+
+    /// ML-DSA-65 packets verify under a trusted ML-DSA-65 key; the algorithm id in the packet
+    /// selects the verifier, and a key of the other algorithm never verifies it.
+    #[test]
+    fn signature_algorithm_selects_the_verifier() {
+        use crate::crypto::mldsa;
+        let falcon = SigningKey::generate();
+        let ml = mldsa::SigningKey::generate();
+        let stranger = mldsa::SigningKey::generate();
+        let v = Verifier::new(
+            policy(0),
+            vec![
+                HubVerifyingKey::from(falcon.verifying_key().clone()),
+                HubVerifyingKey::from(ml.verifying_key().clone()),
+            ],
+        );
+        let now = crate::util::now_ms();
+        let reject = |bytes: &[u8]| v.verify(bytes, now).unwrap_err();
+
+        // Each algorithm's packets verify under its own trusted key.
+        let p = sample_packet(&ml, "kirqd-t", 256, SourceKind::Qrng);
+        assert_eq!(p.sig_alg, SigAlg::MlDsa65);
+        let bytes = p.encode_signed(&ml);
+        let decoded = Packet::decode(&bytes).unwrap();
+        assert_eq!(decoded.packet.signature.len(), mldsa::SIGNATURE_BYTES);
+        assert_eq!(
+            v.verify(&bytes, now).unwrap().key_id(),
+            ml.verifying_key().id()
+        );
+        let f = sample_packet(&falcon, "kirqd-t", 256, SourceKind::Qrng);
+        assert!(v.verify(&f.encode_signed(&falcon), now).is_ok());
+
+        // Claims ML-DSA-65 under the Falcon key's id (an ML-DSA signature of the right length).
+        let mut p = sample_packet(&ml, "kirqd-t", 256, SourceKind::Qrng);
+        p.key_id = falcon.verifying_key().id();
+        let e = reject(&p.encode_signed(&ml));
+        assert_eq!(e.reason(), "algorithm_mismatch");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "packet claims ml-dsa-65 but its key {} is a trusted falcon512 key",
+                falcon.verifying_key().id()
+            )
+        );
+        // Claims Falcon-512 under the ML-DSA key's id, signed with Falcon.
+        let mut p = sample_packet(&falcon, "kirqd-t", 256, SourceKind::Qrng);
+        p.key_id = ml.verifying_key().id();
+        assert_eq!(
+            reject(&p.encode_signed(&falcon)).reason(),
+            "algorithm_mismatch"
+        );
+        // Claims ML-DSA-65 under the Falcon key's id, signed with Falcon: the signature's length
+        // is not ML-DSA-65's, refused while decoding.
+        let mut p = sample_packet(&falcon, "kirqd-t", 256, SourceKind::Qrng);
+        p.sig_alg = SigAlg::MlDsa65;
+        let e = reject(&p.encode_signed(&falcon));
+        assert_eq!(e.reason(), "malformed");
+        assert!(e.to_string().contains("field signature has length"), "{e}");
+        assert!(e.to_string().contains("allowed 3309..=3309"), "{e}");
+        // The trusted ML-DSA key's id, signed by another ML-DSA key.
+        let mut p = sample_packet(&stranger, "kirqd-t", 256, SourceKind::Qrng);
+        p.key_id = ml.verifying_key().id();
+        assert_eq!(
+            reject(&p.encode_signed(&stranger)).reason(),
+            "bad_signature"
+        );
+        // An ML-DSA key nobody trusts.
+        let p = sample_packet(&stranger, "kirqd-t", 256, SourceKind::Qrng);
+        assert_eq!(reject(&p.encode_signed(&stranger)).reason(), "unknown_key");
+        // An unknown algorithm id.
+        let mut raw = f.encode_signed(&falcon).to_vec();
+        raw[5] = 3;
+        assert_eq!(reject(&raw).to_string(), "unknown sig_alg 3",);
+        // Only the two good packets were recorded.
+        assert_eq!(v.replay_cache_len(), 2);
     }
 }

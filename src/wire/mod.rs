@@ -3,7 +3,7 @@
 //! Big-endian, length-prefixed, no optional padding, so each packet has exactly one encoding:
 //!
 //! ```text
-//! magic "KIRQ" | version u8 = 3 | sig_alg u8 = 1 (Falcon-512)
+//! magic "KIRQ" | version u8 = 3 | sig_alg u8 (1 = Falcon-512, 2 = ML-DSA-65)
 //! mix_alg u8 (1 = SHAKE256, 2 = Rescue-Prime duplex) | proof_alg u8 (0 = none, 1 = STARK) | key_id [8]
 //! recipient_len u8 (1..=64) | recipient (ASCII [A-Za-z0-9._-])
 //! sequence u64 | nonce [16] | issued_at_ms u64 | expires_at_ms u64 (0 < lifetime <= 60 s)
@@ -15,10 +15,11 @@
 //!     sequence 0; only decentralized entries may have it, and at least one entry contributes)
 //! entropy_len u32 (1..=1 MiB) | entropy
 //! proof_len u32 (0 when proof_alg = 0, else 1..=512 KiB) | proof
-//! sig_len u16 (1..=752) | Falcon-512 signature over every byte before sig_len (see below)
+//! sig_len u16 (Falcon-512: 1..=752, ML-DSA-65: exactly 3309) | the hub's signature over every
+//!     byte before sig_len (see below), in the algorithm sig_alg names
 //! ```
 //!
-//! The signature covers every byte before `sig_len` through a prehash: Falcon-512 signs the
+//! The signature covers every byte before `sig_len` through a prehash: the hub's key signs the
 //! 32-byte [`signing_digest`], a domain-tagged SHA3-256 of those bytes. Falcon hashes its message
 //! with PQClean's reference SHAKE256, which cost 443 us for a 64 KiB packet here against 89 us for
 //! 4 KiB; the prehash makes the signature's cost independent of the packet size.
@@ -32,13 +33,17 @@ mod codec;
 pub use codec::DecodeError;
 use codec::{Reader, Writer};
 
-use crate::crypto::falcon::{KeyId, MAX_SIGNATURE_BYTES, SigningKey};
+use crate::crypto::falcon::{self, KeyId};
+use crate::crypto::mldsa;
+use crate::crypto::sig::PacketSigner;
+pub use crate::crypto::sig::SigAlg;
 use crate::secret::SecretBytes;
 
 pub const MAGIC: [u8; 4] = *b"KIRQ";
 /// 3: node receipts (version 2 packets are refused as `unknown_version`).
 pub const VERSION: u8 = 3;
 pub const SIG_FALCON512: u8 = 1;
+pub const SIG_ML_DSA_65: u8 = 2;
 /// SHAKE256 over the framed contributions ([`crate::mix`]); commitments are SHA3-256.
 pub const MIX_SHAKE256: u8 = 1;
 /// The Rescue-Prime duplex that a STARK can prove ([`crate::crypto::stark::mix`]); commitments are
@@ -60,9 +65,26 @@ pub const MAX_CONTRIBUTION_BYTES: u32 = 16 << 20;
 /// A packet lives at most this long after its issue time.
 pub const MAX_LIFETIME_MS: u64 = 60_000;
 
+/// The longest packet signature of any algorithm (ML-DSA-65's fixed length).
+pub const MAX_SIGNATURE_BYTES: usize = if mldsa::SIGNATURE_BYTES > falcon::MAX_SIGNATURE_BYTES {
+    mldsa::SIGNATURE_BYTES
+} else {
+    falcon::MAX_SIGNATURE_BYTES
+};
+
 const FIXED_HEADER: usize = 4 + 4 + 8 + 1 + 8 + 16 + 8 + 8 + 8 + 1;
-const MAX_SOURCE_ENTRY: usize =
-    1 + 1 + MAX_SOURCE_ID_LEN + 4 + 32 + 2 + MAX_SIGNATURE_BYTES + 8 + 8 + 2 + MAX_SIGNATURE_BYTES;
+/// Node signatures and receipts are Falcon-512.
+const MAX_SOURCE_ENTRY: usize = 1
+    + 1
+    + MAX_SOURCE_ID_LEN
+    + 4
+    + 32
+    + 2
+    + falcon::MAX_SIGNATURE_BYTES
+    + 8
+    + 8
+    + 2
+    + falcon::MAX_SIGNATURE_BYTES;
 /// The largest well-formed packet: every field at its bound.
 pub const MAX_PACKET_BYTES: usize = FIXED_HEADER
     + MAX_RECIPIENT_LEN
@@ -142,6 +164,8 @@ impl SourceEntry {
 /// A decoded packet. Its `Debug` never shows the entropy (see [`SecretBytes`]).
 #[derive(Debug)]
 pub struct Packet {
+    /// The algorithm of the hub key that signs this packet.
+    pub sig_alg: SigAlg,
     pub key_id: KeyId,
     pub mix_alg: u8,
     pub proof_alg: u8,
@@ -173,14 +197,20 @@ fn valid_name(s: &[u8]) -> bool {
 /// A well-formed packet of `n` fresh random bytes from one source of `kind`, issued now and valid
 /// for 60 s, for `key` to sign. For tests, benches and examples; the hub builds real packets in
 /// [`crate::hub::PacketFactory`].
-pub fn sample_packet(key: &SigningKey, recipient: &str, n: usize, kind: SourceKind) -> Packet {
+pub fn sample_packet(
+    key: &impl PacketSigner,
+    recipient: &str,
+    n: usize,
+    kind: SourceKind,
+) -> Packet {
     let mut entropy = SecretBytes::zeroed(n);
     getrandom::fill(entropy.expose_mut()).expect("the OS RNG is available");
     let mut nonce = [0; 16];
     getrandom::fill(&mut nonce).expect("the OS RNG is available");
     let now = crate::util::now_ms();
     Packet {
-        key_id: key.verifying_key().id(),
+        sig_alg: key.sig_alg(),
+        key_id: key.key_id(),
         mix_alg: MIX_SHAKE256,
         proof_alg: PROOF_NONE,
         recipient: recipient.into(),
@@ -203,7 +233,7 @@ pub fn sample_packet(key: &SigningKey, recipient: &str, n: usize, kind: SourceKi
     }
 }
 
-/// What Falcon-512 signs for a packet: a tagged SHA3-256 of its bytes before `sig_len`.
+/// What the hub's key signs for a packet: a tagged SHA3-256 of its bytes before `sig_len`.
 pub fn signing_digest(signed_prefix: &[u8]) -> [u8; 32] {
     crate::crypto::tagged_hash("kirq/packet-signature/v1", &[signed_prefix])
 }
@@ -227,13 +257,11 @@ impl Packet {
         if version != VERSION {
             return Err(DecodeError::UnknownVersion(version));
         }
-        let sig_alg = r.u8("sig_alg")?;
-        if sig_alg != SIG_FALCON512 {
-            return Err(DecodeError::UnknownAlgorithm {
-                field: "sig_alg",
-                value: sig_alg,
-            });
-        }
+        let raw_sig_alg = r.u8("sig_alg")?;
+        let sig_alg = SigAlg::from_wire(raw_sig_alg).ok_or(DecodeError::UnknownAlgorithm {
+            field: "sig_alg",
+            value: raw_sig_alg,
+        })?;
         let mix_alg = r.u8("mix_alg")?;
         if mix_alg != MIX_SHAKE256 && mix_alg != MIX_RP64 {
             return Err(DecodeError::UnknownAlgorithm {
@@ -288,7 +316,7 @@ impl Packet {
             }
             let commitment = r.array::<32>("source.commitment")?;
             let (node_signature, receipt) = if node {
-                let n = r.len_u16("source.node_signature", 1, MAX_SIGNATURE_BYTES)?;
+                let n = r.len_u16("source.node_signature", 1, falcon::MAX_SIGNATURE_BYTES)?;
                 let sig = r.take(n, "source.node_signature")?.to_vec();
                 let epoch = r.u64("source.receipt_epoch")?;
                 let sequence = r.u64("source.receipt_sequence")?;
@@ -296,7 +324,11 @@ impl Packet {
                 let n = r.len_u16(
                     "source.receipt",
                     usize::from(contributes),
-                    if contributes { MAX_SIGNATURE_BYTES } else { 0 },
+                    if contributes {
+                        falcon::MAX_SIGNATURE_BYTES
+                    } else {
+                        0
+                    },
                 )?;
                 let receipt = r.take(n, "source.receipt")?.to_vec();
                 if !contributes && (epoch != 0 || sequence != 0) {
@@ -343,10 +375,12 @@ impl Packet {
         let proof_len = r.len_u32("proof", proof_min, proof_max)?;
         let proof = r.take(proof_len, "proof")?.to_vec();
         let signed = &bytes[..r.position()];
-        let sig_len = r.len_u16("signature", 1, MAX_SIGNATURE_BYTES)?;
+        let (sig_min, sig_max) = sig_alg.signature_len();
+        let sig_len = r.len_u16("signature", sig_min, sig_max)?;
         let signature = r.take(sig_len, "signature")?.to_vec();
         r.finish()?;
         let packet = Packet {
+            sig_alg,
             key_id,
             mix_alg,
             proof_alg,
@@ -364,9 +398,10 @@ impl Packet {
         Ok(Decoded { packet, signed })
     }
 
-    /// Encodes and signs. Fields are taken as given (a test may build an invalid packet); the
-    /// encoding itself always follows the layout. The result holds entropy: it is zeroed on drop.
-    pub fn encode_signed(&self, key: &SigningKey) -> zeroize::Zeroizing<Vec<u8>> {
+    /// Encodes and signs with `key`. Fields are taken as given, `sig_alg` and `key_id` too (a test
+    /// may build an invalid packet, e.g. one claiming the other algorithm); the encoding itself
+    /// always follows the layout. The result holds entropy: it is zeroed on drop.
+    pub fn encode_signed(&self, key: &impl PacketSigner) -> zeroize::Zeroizing<Vec<u8>> {
         let mut out = self.encode_unsigned();
         let sig = key.sign(&signing_digest(&out));
         let mut w = Writer(&mut out);
@@ -408,7 +443,7 @@ impl Packet {
         let mut w = Writer(&mut out);
         w.bytes(&MAGIC);
         w.u8(VERSION);
-        w.u8(SIG_FALCON512);
+        w.u8(self.sig_alg.wire_id());
         w.u8(self.mix_alg);
         w.u8(self.proof_alg);
         w.bytes(&self.key_id.0);

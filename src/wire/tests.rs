@@ -1,5 +1,5 @@
 use super::*;
-use crate::crypto::falcon::VerifyingKey;
+use crate::crypto::falcon::{SigningKey, VerifyingKey};
 use crate::verify::{Policy, Verifier};
 
 #[derive(serde::Deserialize)]
@@ -256,4 +256,35 @@ fn node_signature_round_trips_only_for_decentralized_sources() {
         Packet::decode(&old).unwrap_err().reason(),
         "unknown_version"
     );
+}
+
+#[test]
+fn ml_dsa_packets_round_trip_with_their_fixed_signature_length() {
+    let key = crate::crypto::mldsa::SigningKey::generate();
+    let p = crate::wire::sample_packet(&key, "kirqd-a", 64, SourceKind::Qrng);
+    let bytes = p.encode_signed(&key);
+    assert_eq!(bytes[5], SIG_ML_DSA_65);
+    let d = Packet::decode(&bytes).unwrap();
+    assert_eq!(d.packet.sig_alg, SigAlg::MlDsa65);
+    assert_eq!(d.packet.key_id, key.verifying_key().id());
+    assert_eq!(
+        d.packet.signature.len(),
+        crate::crypto::mldsa::SIGNATURE_BYTES
+    );
+    assert!(
+        key.verifying_key()
+            .verify(&signing_digest(d.signed), &d.packet.signature)
+    );
+    // One byte short of the fixed length: the signature length field is out of range.
+    let mut short = bytes[..d.signed.len()].to_vec();
+    short.extend_from_slice(&((crate::crypto::mldsa::SIGNATURE_BYTES - 1) as u16).to_be_bytes());
+    short.extend_from_slice(&d.packet.signature[1..]);
+    assert!(matches!(
+        Packet::decode(&short),
+        Err(DecodeError::LengthOutOfRange {
+            field: "signature",
+            ..
+        })
+    ));
+    assert!(bytes.len() <= MAX_PACKET_BYTES);
 }
