@@ -109,8 +109,10 @@ fn main() {
             memory_locked: false,
         };
         let d = Arc::new(kirq::daemon::Daemon::new(dcfg.clone(), keys, hardening));
-        // Fill the pool through the real verifier: 240 packets of 64 KiB (15 MiB).
-        let fill = if quick { 8 } else { 240 };
+        // Fill the pool through the real verifier: 240 packets of 64 KiB (15 MiB). The smoke
+        // run needs enough for a second of requests on an idle machine (4 MiB: 131,072
+        // requests), or it measures an empty pool.
+        let fill = if quick { 64 } else { 240 };
         for _ in 0..fill {
             let p = kirq::wire::sample_packet(&key, &dcfg.id, 65536, kirq::wire::SourceKind::Qrng);
             d.receive(&p.encode_signed(&key)).unwrap();
