@@ -65,10 +65,10 @@ impl RunningDaemon {
             d.stop();
         }
         let _ = self.stop_http.send(true);
-        if let Some(t) = self.http_task.take() {
-            if tokio::time::timeout(SHUTDOWN_GRACE, t).await.is_err() {
-                tracing::warn!("in-flight HTTP requests did not finish in {SHUTDOWN_GRACE:?}");
-            }
+        if let Some(t) = self.http_task.take()
+            && tokio::time::timeout(SHUTDOWN_GRACE, t).await.is_err()
+        {
+            tracing::warn!("in-flight HTTP requests did not finish in {SHUTDOWN_GRACE:?}");
         }
         let Some((file, key)) = &self.sealed else {
             let n = self.daemon.pool.len();

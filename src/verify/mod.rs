@@ -531,10 +531,10 @@ impl Verifier {
                 for (k, exp) in &records {
                     j.append(k, *exp).map_err(Reject::ReplayState)?;
                 }
-                if j.wants_compaction(live) {
-                    if let Err(e) = j.compact(&mut order.iter().copied()) {
-                        tracing::warn!(error = %e, file = %j.path().display(), "replay journal compaction failed");
-                    }
+                if j.wants_compaction(live)
+                    && let Err(e) = j.compact(&mut order.iter().copied())
+                {
+                    tracing::warn!(error = %e, file = %j.path().display(), "replay journal compaction failed");
                 }
             }
         }
