@@ -809,6 +809,11 @@ fn kirqd_runs_confined_under_systemd_as_pid_1() {
     assert_eq!(health["device"]["mode"], "off");
     let scrape = m.http("/metrics", None);
     for name in alert_metrics() {
+        if name.starts_with("kirq_node_round") {
+            // One series per trusted decentralized node, from the start; this daemon trusts none
+            // (tests/monitoring.rs checks that kirqd exports them).
+            continue;
+        }
         assert!(
             scrape.lines().any(|l| l.starts_with(&name)),
             "{name} (used by monitoring/kirq-alerts.yml) not in /metrics"

@@ -132,11 +132,18 @@ impl Daemon {
             alpha_exp: cfg.health.alpha_exponent,
         };
         let quarantine = Duration::from_secs(cfg.health.quarantine_secs);
+        let metrics = Arc::new(DaemonMetrics::new());
+        // Each trusted node's round and gap counters exist from the start, at zero.
+        for n in &cfg.trust.nodes {
+            let node = [("node", n.id.clone())];
+            let _ = metrics.node_rounds.get_or_create(&node);
+            let _ = metrics.node_round_gaps.get_or_create(&node);
+        }
         Self {
             pool: Pool::new(cfg.pool.capacity_bytes, cfg.pool.low_watermark_bytes)
                 .with_high_watermark(cfg.pool.high_watermark()),
             verifier: Verifier::new(policy, keys),
-            metrics: Arc::new(DaemonMetrics::new()),
+            metrics,
             hardening,
             started: Instant::now(),
             quantum: crate::quantum::Keys::default(),
