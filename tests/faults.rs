@@ -648,7 +648,7 @@ fn sigterm_during_a_blocked_device_read() {
     );
 
     let t1 = Instant::now();
-    let _d = kirqd_proc(&f, &cfg, "kirqd-2.log");
+    let mut d = kirqd_proc(&f, &cfg, "kirqd-2.log");
     wait_for(Duration::from_secs(20), "the FUSE file again", || {
         dev.exists()
     });
@@ -669,6 +669,10 @@ fn sigterm_during_a_blocked_device_read() {
     let mut all = http.clone();
     all.push(got.stdout);
     assert_no_repeated_window(&all);
+    // A clean stop with no reader unmounts (the SIGKILL of a drop would leave the mount).
+    assert!(d.terminate().success());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(mnt.to_str().unwrap()));
     eprintln!(
         "FAULT sigterm-read: kirqd exited {status:?} {stop:?} after SIGTERM; the blocked dd \
          ended ({reader_status:?}, stderr {:?}) {released:?} after it; mount gone; restarted \
