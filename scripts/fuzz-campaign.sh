@@ -18,11 +18,12 @@ summary="$out/summary.txt"
 printf '%-16s %12s %8s %8s %s\n' target execs exec/s secs result | tee "$summary"
 for t in $targets; do
   mkdir -p "$out/$t"
+  dict=(); if [ -e "fuzz/dict/$t.dict" ]; then dict=(-dict="dict/$t.dict"); fi
   start=$(date +%s)
   per_job=$(( execs / jobs ))
   result=ok
   if ! (cd fuzz && "target/x86_64-unknown-linux-gnu/release/$t" -runs="$per_job" \
-        -max_total_time="$max" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+        -max_total_time="$max" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 "${dict[@]}" \
         -jobs="$jobs" -workers="$jobs" -artifact_prefix="../$out/$t-" \
         "../$out/$t" "corpus/$t") >"$out/$t.log" 2>&1; then
     result="CRASH (see $out/$t.log)"

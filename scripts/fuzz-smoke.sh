@@ -28,10 +28,11 @@ printf '%-16s %12s %8s\n' target execs exec/s
 failed=0
 for t in $targets; do
   mkdir -p "$out/$t"
+  dict=(); if [ -e "fuzz/dict/$t.dict" ]; then dict=(-dict="dict/$t.dict"); fi
   log="$out/$t.log"
   # -rss_limit_mb: a decoder that allocates what an input claims is a finding.
   if ! (cd fuzz && "target/x86_64-unknown-linux-gnu/release/$t" \
-        -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+        -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 "${dict[@]}" \
         -artifact_prefix="../$out/$t-" "../$out/$t" "corpus/$t") >"$log" 2>&1; then
     echo "error: fuzz target $t failed; see $log (the input is under $out/$t-*)" >&2
     tail -30 "$log" >&2
