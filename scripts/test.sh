@@ -41,6 +41,7 @@ fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 # cargo-deny (crates.io, pinned by its own lock file): the dependency policy in deny.toml.
@@ -67,3 +68,7 @@ else
 fi
 echo "== cargo test"
 cargo test --all-targets --no-fail-fast --quiet -- --test-threads=2
+# Every fuzz target, bounded (cargo-fuzz on nightly; installs cargo-fuzz, fails without nightly):
+# the committed corpus replayed, then KIRQ_FUZZ_SECS (12) seconds of fuzzing each.
+echo "== fuzz smoke (scripts/fuzz-smoke.sh)"
+./scripts/fuzz-smoke.sh

@@ -323,7 +323,14 @@ impl FuseDevice {
         if let Some(s) = self.session.take()
             && let Err(e) = s.umount_and_join()
         {
-            tracing::warn!(error = %e, "FUSE unmount failed");
+            // EBUSY: a reader still holds the file open (blocked in read). Detach the mount
+            // now; the kernel ends it when the last reader lets go, instead of leaving a dead
+            // mount behind this process (found by tests/faults.rs, SIGTERM during a read).
+            let mountpoint = self.path.parent().unwrap_or(&self.path);
+            match nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH) {
+                Ok(()) => tracing::info!(error = %e, "FUSE mount busy; detached lazily"),
+                Err(e2) => tracing::warn!(error = %e, lazy = %e2, "FUSE unmount failed"),
+            }
         }
     }
 

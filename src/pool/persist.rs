@@ -193,9 +193,13 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(io_err(&tmp))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(io_err(&tmp))?;
+    if let Err(e) = f.write_all(bytes).and_then(|()| f.sync_all()) {
+        // A partial file would keep a full disk full (found by tests/faults.rs, disk full
+        // when sealing); nothing reads it, so it goes.
+        drop(f);
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(&tmp)(e));
+    }
     std::fs::rename(&tmp, path).map_err(io_err(path))?;
     sync_dir(path)
 }

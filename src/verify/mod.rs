@@ -208,6 +208,11 @@ pub struct Unsynced(VerifiedPacket);
 struct ReplayCache {
     seen: HashMap<[u8; 16], u64>,
     order: VecDeque<([u8; 16], u64)>,
+    /// The latest expiry of a nonce forgotten by [`Self::prune`]: a packet expiring no later
+    /// could be one whose nonce is gone, so it is refused as a replay. Pruning follows the wall
+    /// clock, which can step: ahead, it forgets nonces of packets that are still live once it
+    /// steps back (found by `tests/faults.rs`, `daemon_clock_stepped_two_minutes_both_ways`).
+    horizon_ms: u64,
     /// The nonces on disk (see [`journal`]); `None` when the daemon keeps no replay state.
     journal: Option<journal::Journal>,
 }
@@ -221,6 +226,7 @@ impl ReplayCache {
             }
             self.order.pop_front();
             self.seen.remove(&nonce);
+            self.horizon_ms = self.horizon_ms.max(exp);
         }
     }
 }
@@ -349,7 +355,7 @@ impl Verifier {
                 None => return Err(bad("not a trusted node")),
             };
             let digest = crate::crypto::node_signing_digest(pkt.round, &s.id, &s.commitment);
-            if !key.verify(&digest, &s.node_signature) {
+            if !fuzzing::signatures_waived() && !key.verify(&digest, &s.node_signature) {
                 return Err(bad("signature on its commitment does not verify"));
             }
             signed.push((s, key));
@@ -428,7 +434,7 @@ impl Verifier {
         {
             let mut cache = self.replay();
             cache.prune(now_ms, p.max_skew_ms);
-            if cache.seen.contains_key(&pkt.nonce) {
+            if cache.seen.contains_key(&pkt.nonce) || pkt.expires_at_ms <= cache.horizon_ms {
                 return Err(Reject::Replayed);
             }
         }
@@ -446,7 +452,9 @@ impl Verifier {
                 trusted: key.alg(),
             });
         }
-        if !key.verify(&crate::wire::signing_digest(decoded.signed), &pkt.signature) {
+        if !fuzzing::signatures_waived()
+            && !key.verify(&crate::wire::signing_digest(decoded.signed), &pkt.signature)
+        {
             return Err(Reject::BadSignature);
         }
         let with_nodes = pkt
@@ -555,6 +563,25 @@ impl Verifier {
     }
 }
 
+/// The test-only verifier policy of the packet fuzz target (`fuzz/fuzz_targets/packet_verify.rs`):
+/// with `--cfg fuzzing`, which cargo-fuzz sets and no normal or release build does, the target may
+/// waive the hub's and the nodes' signature checks, so random packets reach every check after
+/// them (quorum, proof, health, replay). Without that cfg this is a constant `false`.
+#[doc(hidden)]
+pub mod fuzzing {
+    #[cfg(fuzzing)]
+    pub static WAIVE_SIGNATURES: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+
+    #[inline]
+    pub(super) fn signatures_waived() -> bool {
+        #[cfg(fuzzing)]
+        return WAIVE_SIGNATURES.load(std::sync::atomic::Ordering::Relaxed);
+        #[cfg(not(fuzzing))]
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -644,6 +671,29 @@ mod tests {
         p.round = fresh_round();
         sign_nodes(&mut p, nodes, "kirqd-t", 1);
         p.encode_signed(hub).to_vec()
+    }
+
+    /// A wall clock that steps ahead and back must not make a verifier forget a live nonce.
+    #[test]
+    fn a_clock_step_ahead_and_back_does_not_reopen_a_replay() {
+        let hub = SigningKey::generate();
+        let v = verifier(&hub, 0, &[]);
+        let now = crate::util::now_ms();
+        let early = sample_packet(&hub, "kirqd-t", 64, SourceKind::Qrng).encode_signed(&hub);
+        assert!(v.verify(&early, now).is_ok());
+        // Two minutes ahead: a packet valid by that clock prunes the cache.
+        let mut ahead = sample_packet(&hub, "kirqd-t", 64, SourceKind::Qrng);
+        ahead.issued_at_ms += 120_000;
+        ahead.expires_at_ms += 120_000;
+        assert!(v.verify(&ahead.encode_signed(&hub), now + 120_000).is_ok());
+        // Back: the early packet is still inside its lifetime, and still a replay.
+        assert_eq!(
+            v.verify(&early, now + 1_000).unwrap_err().reason(),
+            "replayed"
+        );
+        // A fresh packet is admitted.
+        let fresh = sample_packet(&hub, "kirqd-t", 64, SourceKind::Qrng).encode_signed(&hub);
+        assert!(v.verify(&fresh, crate::util::now_ms()).is_ok());
     }
 
     #[test]

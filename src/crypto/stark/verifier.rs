@@ -11,6 +11,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use winter_utils::{ByteReader, Deserializable, DeserializationError};
 use winterfell::math::StarkField;
 use winterfell::math::fields::f64::BaseElement;
 use winterfell::{AcceptableOptions, Proof, VerifierError};
@@ -74,6 +75,124 @@ impl From<super::ProveError> for VerifyError {
     }
 }
 
+/// A `ByteReader` over the proof bytes that refuses a length prefix claiming more elements than
+/// bytes remain. winter-utils' own reader allocates whatever a prefix claims before reading an
+/// element (`Vec::with_capacity`), so a proof claiming 2^62 query values made kirqd abort (an
+/// allocation failure is an abort that `catch_unwind` cannot stop). Every element of a proof
+/// takes at least one byte, so the bound refuses no honest proof. Found by
+/// `fuzz/fuzz_targets/stark_proof.rs` (reproducer: `fuzz/corpus/stark_proof/regress-*`).
+struct BoundedReader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> BoundedReader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, pos: 0 }
+    }
+
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+}
+
+impl ByteReader for BoundedReader<'_> {
+    fn read_u8(&mut self) -> Result<u8, DeserializationError> {
+        let b = self.peek_u8()?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn peek_u8(&self) -> Result<u8, DeserializationError> {
+        self.bytes
+            .get(self.pos)
+            .copied()
+            .ok_or(DeserializationError::UnexpectedEOF)
+    }
+
+    fn read_slice(&mut self, len: usize) -> Result<&[u8], DeserializationError> {
+        self.check_eor(len)?;
+        let s = &self.bytes[self.pos..self.pos + len];
+        self.pos += len;
+        Ok(s)
+    }
+
+    fn read_array<const N: usize>(&mut self) -> Result<[u8; N], DeserializationError> {
+        let s = self.read_slice(N)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+
+    fn check_eor(&self, num_bytes: usize) -> Result<(), DeserializationError> {
+        if num_bytes > self.remaining() {
+            return Err(DeserializationError::UnexpectedEOF);
+        }
+        Ok(())
+    }
+
+    fn has_more_bytes(&self) -> bool {
+        self.remaining() > 0
+    }
+
+    fn read_many<D: Deserializable>(
+        &mut self,
+        num_elements: usize,
+    ) -> Result<Vec<D>, DeserializationError> {
+        self.check_eor(num_elements)?;
+        let mut out = Vec::with_capacity(num_elements);
+        for _ in 0..num_elements {
+            out.push(D::read_from(self)?);
+        }
+        Ok(out)
+    }
+}
+
+/// Checks every Merkle path blob the verifier will parse later with winter-utils' unbounded
+/// reader: its node-vector count and each vector's digest count must fit in the bytes it holds.
+/// `BatchMerkleProof::read_from` calls `Vec::with_capacity` on the count it reads, so a path
+/// claiming 2^28 node vectors made kirqd allocate gigabytes (or abort) inside
+/// `winterfell::verify`. Found by `fuzz/fuzz_targets/packet_verify.rs` (reproducer:
+/// `fuzz/corpus/packet_verify/regress-merkle-path-oom`).
+fn merkle_paths_bounded(proof: &Proof) -> bool {
+    use winter_utils::Serializable;
+    type Digest = <Hasher as winterfell::crypto::Hasher>::Digest;
+
+    fn path_ok(bytes: &[u8]) -> Result<(), DeserializationError> {
+        let mut r = BoundedReader::new(bytes);
+        let _depth = r.read_u8()?;
+        let vectors = r.read_usize()?;
+        r.check_eor(vectors)?;
+        for _ in 0..vectors {
+            Vec::<Digest>::read_from(&mut r)?;
+        }
+        Ok(())
+    }
+    // `Queries` encodes as its values then its paths, each a length-prefixed byte vector.
+    fn queries_ok(bytes: &[u8]) -> Result<(), DeserializationError> {
+        let mut r = BoundedReader::new(bytes);
+        let _values = Vec::<u8>::read_from(&mut r)?;
+        path_ok(&Vec::<u8>::read_from(&mut r)?)
+    }
+    // `FriProof` encodes a u8 layer count, then per layer u32-prefixed values and paths.
+    fn fri_ok(bytes: &[u8]) -> Result<(), DeserializationError> {
+        let mut r = BoundedReader::new(bytes);
+        for _ in 0..r.read_u8()? {
+            let n = r.read_u32()? as usize;
+            r.read_slice(n)?;
+            let n = r.read_u32()? as usize;
+            path_ok(r.read_slice(n)?)?;
+        }
+        Ok(())
+    }
+    proof
+        .trace_queries
+        .iter()
+        .chain(std::iter::once(&proof.constraint_queries))
+        .all(|q| queries_ok(&q.to_bytes()).is_ok())
+        && fri_ok(&proof.fri_proof.to_bytes()).is_ok()
+}
+
 /// Verifies that `output` is the mix, in `round`, of contributions committed to by `parts`.
 pub fn verify(
     round: u64,
@@ -114,12 +233,17 @@ pub fn verify(
     }
     debug_assert_eq!(elements.len(), layout.out_blocks * RATE);
 
-    let proof = catch_unwind(|| Proof::from_bytes(stark))
+    let proof = catch_unwind(|| Proof::read_from(&mut BoundedReader::new(stark)))
         .map_err(|_| VerifyError::Malformed("undecodable"))?
         .map_err(|e| VerifyError::Decode(Box::new(e)))?;
     // winterfell ignores trailing bytes; one statement has one encoding of a proof.
     if proof.to_bytes() != stark {
         return Err(VerifyError::Malformed("not the canonical encoding"));
+    }
+    if !merkle_paths_bounded(&proof) {
+        return Err(VerifyError::Malformed(
+            "a Merkle path claims more nodes than it holds",
+        ));
     }
     if *proof.options() != proof_options() {
         return Err(VerifyError::WrongOptions);

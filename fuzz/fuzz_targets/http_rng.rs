@@ -1,0 +1,39 @@
+//! The HTTP shim's bodies: byte 0 picks the endpoint (`/api/rng/random`, the plain-HTTP
+//! `/api/rng/receive`, health, stats, metrics, the mutual-TLS `/api/rng/receive`), the rest is the
+//! body. Never panics, never a 5xx other than the designed 503.
+#![no_main]
+
+use axum::body::Body;
+use axum::http::Request;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&sel, body)) = data.split_first() else {
+        return;
+    };
+    let d = kirq_fuzz::daemon().clone();
+    let (method, path, app) = match sel % 6 {
+        0 => ("POST", "/api/rng/random", kirq::http::app(d)),
+        1 => ("POST", "/api/rng/receive", kirq::http::app(d)),
+        2 => ("GET", "/api/rng/health", kirq::http::app(d)),
+        3 => ("GET", "/api/rng/stats", kirq::http::app(d)),
+        4 => ("GET", "/metrics", kirq::http::app(d)),
+        _ => ("POST", "/api/rng/receive", kirq::http::receive_router(d)),
+    };
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(
+            "content-type",
+            if sel & 8 == 0 {
+                "application/json"
+            } else {
+                "application/octet-stream"
+            },
+        )
+        .header("x-quantum-transport", "v1")
+        .extension(kirq_fuzz::loopback_peer())
+        .body(Body::from(body.to_vec()))
+        .unwrap();
+    kirq_fuzz::call(app, req);
+});
