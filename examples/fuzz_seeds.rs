@@ -46,6 +46,9 @@ fn hub_key(dir: &Path) -> SigningKey {
         std::fs::create_dir_all(dir).unwrap();
         SigningKey::generate().write_pair(dir, "fuzz-hub").unwrap();
     }
+    // A fresh clone checks the key out 0644; SigningKey::load insists on 0600.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let key = SigningKey::load(&key).unwrap();
     let public = dir.join("fuzz-hub.pub");
     if !public.exists() {

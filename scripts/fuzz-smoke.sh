@@ -2,8 +2,9 @@
 # Bounded fuzz smoke run of every target in fuzz/ (part of scripts/test.sh): builds the targets
 # with cargo-fuzz (nightly), replays the committed corpus (seeds and kept reproducers) and fuzzes
 # each target for KIRQ_FUZZ_SECS seconds (default 12; 14 targets ≈ 3 min plus the build). Fails on
-# any crash, leak, timeout or out-of-memory; prints execs per target. The fuzzer's new inputs go
-# to target/fuzz-smoke/, never into the committed corpus.
+# any crash, leak, timeout or out-of-memory; prints execs per target. A fixed -seed makes every
+# run explore the same inputs in the same order (only how far it gets in the time varies). The
+# fuzzer's new inputs go to target/fuzz-smoke/, never into the committed corpus.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +33,7 @@ for t in $targets; do
   log="$out/$t.log"
   # -rss_limit_mb: a decoder that allocates what an input claims is a finding.
   if ! (cd fuzz && "target/x86_64-unknown-linux-gnu/release/$t" \
-        -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 "${dict[@]}" \
+        -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -seed=1 -print_final_stats=1 "${dict[@]}" \
         -artifact_prefix="../$out/$t-" "../$out/$t" "corpus/$t") >"$log" 2>&1; then
     echo "error: fuzz target $t failed; see $log (the input is under $out/$t-*)" >&2
     tail -30 "$log" >&2
