@@ -140,13 +140,14 @@ fn misbehaving_node(fault: &str, reason: &str) {
         .collect();
 
     let metrics_port = free_port();
+    // A node quorum is accepted only with a required proof (small, to keep a debug build quick).
     let mut tables = format!(
-        "[decentralized]\nquorum = {K}\nnode_ca = \"{}\"\nbytes_per_node = 64\n\
+        "[proof]\nmode = \"required\"\nmax_output_bytes = 448\n[decentralized]\nquorum = {K}\nnode_ca = \"{}\"\nbytes_per_node = 64\n\
          commit_timeout_ms = 3000\nreveal_timeout_ms = 1000\n\
          [decentralized.offenders]\nbench_after = 1\nbench_secs = 2\nbench_max_secs = 4\n",
         dir.join("node-ca.pem").display()
     );
-    let mut trust = format!("min_node_quorum = {K}\n");
+    let mut trust = format!("require_proof = true\nmin_node_quorum = {K}\n");
     for (i, n) in nodes.iter().enumerate() {
         let key = dir.join(format!("{}-falcon.pub", id(i)));
         tables += &format!(
