@@ -130,19 +130,7 @@ fn packets(key: &SigningKey) -> Vec<(String, Vec<u8>)> {
         })
         .collect();
     // Each node's receipt over the whole commitment set, as it signs when it reveals.
-    let entries: Vec<_> = p
-        .provenance
-        .iter()
-        .map(|s| {
-            let who = if s.kind == SourceKind::Decentralized {
-                kirq::crypto::Committer::Node
-            } else {
-                kirq::crypto::Committer::Hub
-            };
-            (who, s.id.as_str(), s.commitment)
-        })
-        .collect();
-    let set = kirq::crypto::commitment_set_digest(&entries);
+    let set = kirq::wire::commitment_set(&p.provenance);
     for (n, s) in p.provenance.iter_mut().take(2).enumerate() {
         let sequence = n as u64 + 1;
         s.receipt = Some(kirq::wire::NodeReceipt {

@@ -89,17 +89,7 @@ fn open_fds(pid: u32) -> usize {
 #[test]
 fn a_stranger_flooding_the_receive_port_cannot_stop_the_daemon() {
     need_program("prlimit", "util-linux");
-    // This test process holds the flood's sockets itself.
-    let (soft, hard) =
-        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).expect("limit");
-    if soft < 4096 {
-        nix::sys::resource::setrlimit(
-            nix::sys::resource::Resource::RLIMIT_NOFILE,
-            hard.min(8192),
-            hard,
-        )
-        .expect("raise this test's open-file limit");
-    }
+    raise_own_nofile();
     let f = Fleet::new();
     let config = f.daemon_config(
         true,
@@ -227,16 +217,7 @@ fn a_stranger_flooding_the_receive_port_cannot_stop_the_daemon() {
 #[test]
 fn a_stranger_flooding_the_hub_cannot_stop_its_deliveries() {
     need_program("prlimit", "util-linux");
-    let (soft, hard) =
-        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).expect("limit");
-    if soft < 4096 {
-        nix::sys::resource::setrlimit(
-            nix::sys::resource::Resource::RLIMIT_NOFILE,
-            hard.min(8192),
-            hard,
-        )
-        .expect("raise this test's open-file limit");
-    }
+    raise_own_nofile();
     let f = Fleet::new();
     let metrics_port = free_port();
     let hub_cfg = f.hub_config_with(

@@ -322,18 +322,6 @@ impl Verifier {
     /// completes the set); if it is trusted its commitment signature must still verify.
     fn check_nodes(&self, pkt: &Packet) -> Result<usize, Reject> {
         let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let entries: Vec<(crate::crypto::Committer, &str, [u8; 32])> = pkt
-            .provenance
-            .iter()
-            .map(|s| {
-                let who = if s.kind == SourceKind::Decentralized {
-                    crate::crypto::Committer::Node
-                } else {
-                    crate::crypto::Committer::Hub
-                };
-                (who, s.id.as_str(), s.commitment)
-            })
-            .collect();
         // First every signed commitment (a forged one is named as such), then the receipts.
         let mut listed = std::collections::HashSet::new();
         let mut signed = Vec::new();
@@ -364,7 +352,7 @@ impl Verifier {
         let mut receipted = std::collections::HashSet::new();
         for (s, key) in signed {
             let Some(r) = &s.receipt else { continue };
-            let set = *set.get_or_insert_with(|| crate::crypto::commitment_set_digest(&entries));
+            let set = *set.get_or_insert_with(|| crate::wire::commitment_set(&pkt.provenance));
             let digest = crate::crypto::node_receipt_digest(
                 pkt.round,
                 &self.policy.recipient,
@@ -638,19 +626,7 @@ mod tests {
 
     /// (Re)signs every node's receipt over the packet's commitment set as it is now.
     fn receipt_all(p: &mut Packet, nodes: &[(&str, &SigningKey)], recipient: &str, seq: u64) {
-        let entries: Vec<_> = p
-            .provenance
-            .iter()
-            .map(|s| {
-                let who = if s.kind == SourceKind::Decentralized {
-                    crate::crypto::Committer::Node
-                } else {
-                    crate::crypto::Committer::Hub
-                };
-                (who, s.id.as_str(), s.commitment)
-            })
-            .collect();
-        let set = crate::crypto::commitment_set_digest(&entries);
+        let set = crate::wire::commitment_set(&p.provenance);
         let round = p.round;
         for s in p.provenance.iter_mut() {
             if let Some((_, k)) = nodes.iter().find(|(id, _)| *id == s.id) {

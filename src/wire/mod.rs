@@ -161,6 +161,24 @@ impl SourceEntry {
     }
 }
 
+/// The digest of a packet's whole commitment set (every entry, decentralized ones as nodes, the
+/// others as the hub's), as nodes sign it in their receipts.
+pub fn commitment_set(provenance: &[SourceEntry]) -> [u8; 32] {
+    use crate::crypto::Committer;
+    let entries: Vec<(Committer, &str, [u8; 32])> = provenance
+        .iter()
+        .map(|s| {
+            let who = if s.kind == SourceKind::Decentralized {
+                Committer::Node
+            } else {
+                Committer::Hub
+            };
+            (who, s.id.as_str(), s.commitment)
+        })
+        .collect();
+    crate::crypto::commitment_set_digest(&entries)
+}
+
 /// A decoded packet. Its `Debug` never shows the entropy (see [`SecretBytes`]).
 #[derive(Debug)]
 pub struct Packet {

@@ -425,20 +425,7 @@ pub fn assert_no_repeated_window(outputs: &[Vec<u8>]) {
 /// Signs, as honest nodes do at reveal, every listed node's receipt over the packet's whole
 /// commitment set for `recipient` (epoch 1, `sequence`). `keys`: node id → signing key.
 pub fn sign_receipts(p: &mut Packet, keys: &[(&str, &SigningKey)], recipient: &str, sequence: u64) {
-    use kirq::crypto::Committer;
-    let entries: Vec<_> = p
-        .provenance
-        .iter()
-        .map(|s| {
-            let who = if s.kind == SourceKind::Decentralized {
-                Committer::Node
-            } else {
-                Committer::Hub
-            };
-            (who, s.id.as_str(), s.commitment)
-        })
-        .collect();
-    let set = kirq::crypto::commitment_set_digest(&entries);
+    let set = kirq::wire::commitment_set(&p.provenance);
     let round = p.round;
     for s in p.provenance.iter_mut().filter(|s| s.contributes()) {
         if let Some((_, k)) = keys.iter().find(|(id, _)| *id == s.id) {
@@ -449,6 +436,16 @@ pub fn sign_receipts(p: &mut Packet, keys: &[(&str, &SigningKey)], recipient: &s
                 signature: k.sign(&digest),
             });
         }
+    }
+}
+
+/// Raises this test process's soft open-file limit (it holds a flood's sockets itself).
+pub fn raise_own_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("limit");
+    if soft < 4096 {
+        setrlimit(Resource::RLIMIT_NOFILE, hard.min(8192), hard)
+            .expect("raise this test's open-file limit");
     }
 }
 
