@@ -58,12 +58,7 @@ fn hub_key(dir: &Path) -> SigningKey {
 }
 
 fn frames(packets: &[&[u8]]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for p in packets {
-        out.extend_from_slice(&(p.len() as u32).to_be_bytes());
-        out.extend_from_slice(p);
-    }
-    out
+    kirq::wire::refill::encode(packets.iter().copied())
 }
 
 fn packets(key: &SigningKey) -> Vec<(String, Vec<u8>)> {

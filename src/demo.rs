@@ -145,7 +145,7 @@ pub fn quantum_config(
     };
     let mut q = crate::config::QuantumConfig::new(state_dir);
     q.at_rest_key_file = Some(key_file);
-    q.keygen_provenance = crate::pool::Provenance::ALL.to_vec();
+    q.keygen_provenance = crate::wire::Provenance::ALL.to_vec();
     q.validate()?;
     Ok(q)
 }
@@ -173,7 +173,7 @@ pub async fn run(
     let key = SigningKey::load(&hub_cfg.signing_key)?;
     let key_id = key.verifying_key().id();
     let hardening = crate::secret::harden_process();
-    crate::daemon::log_hardening(hardening);
+    crate::service::log_hardening(hardening);
     let hub = crate::hub::start(hub_cfg, key).await?;
     let daemon = crate::daemon::start(daemon_cfg, hardening).await?;
     let http = daemon.http_addr.unwrap_or(listen);
@@ -234,7 +234,7 @@ pub async fn run(
             );
         }
     });
-    crate::daemon::shutdown_signal().await;
+    crate::service::shutdown_signal().await;
     println!("stopping");
     reporter.abort();
     if let Some(l) = link {

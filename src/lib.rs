@@ -30,6 +30,7 @@ pub mod pki;
 pub mod pool;
 pub mod quantum;
 pub mod secret;
+pub mod service;
 pub mod sources;
 pub mod status;
 pub mod tls;

@@ -12,8 +12,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::pool::{Provenance, Snapshot};
+use crate::pool::Snapshot;
 use crate::verify::Reject;
+use crate::wire::Provenance;
 
 pub type Label1 = [(&'static str, String); 1];
 pub type Label2 = [(&'static str, String); 2];

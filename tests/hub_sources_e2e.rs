@@ -16,6 +16,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use kirq::config::{BelowMin, HybridConfig, SourceConfig};
+use kirq::wire::refill;
 use source_support::{https_server, random};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,15 +158,22 @@ async fn hub_with_real_sources_delivers_hybrid_packets_to_kirqd() {
         kirq::tls::client_config(&id, &hub_ca, false).unwrap(),
         Duration::from_secs(10),
     );
-    let url = format!("https://localhost:{}/api/hub/refill", hub.pull_addr.port());
+    let url = format!(
+        "https://localhost:{}{}",
+        hub.pull_addr.port(),
+        refill::REFILL_PATH
+    );
     let pull = |source: &'static str| {
         let (client, url) = (client.clone(), url.clone());
         async move {
-            let body =
-                serde_json::json!({"recipient": "demo-kirqd", "bytes": 8192, "source": source});
+            let body = refill::RefillRequest {
+                recipient: "demo-kirqd".into(),
+                bytes: 8192,
+                source: Some(source.into()),
+            };
             client
                 .post(url)
-                .header("X-Quantum-Transport", "v1")
+                .header(refill::TRANSPORT_HEADER, refill::TRANSPORT_VERSION)
                 .json(&body)
                 .send()
                 .await
@@ -176,16 +184,11 @@ async fn hub_with_real_sources_delivers_hybrid_packets_to_kirqd() {
         let r = pull(source).await;
         assert!(r.status().is_success(), "{source}: {}", r.status());
         let body = r.bytes().await.unwrap();
-        let mut rest = &body[..];
         let mut packets = 0;
-        while !rest.is_empty() {
-            let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
-            let p = kirq::wire::Packet::decode(&rest[4..4 + len])
-                .unwrap()
-                .packet;
+        for frame in refill::Frames::new(&body) {
+            let p = kirq::wire::Packet::decode(frame.unwrap()).unwrap().packet;
             let ids: Vec<&str> = p.provenance.iter().map(|e| e.id.as_str()).collect();
             assert_eq!(ids, want, "{source}");
-            rest = &rest[4 + len..];
             packets += 1;
         }
         assert_eq!(packets, 2, "{source}");

@@ -112,12 +112,7 @@ fn large_requests_are_served_after_a_full_drain() {
 
 /// A spool file of `u32 length ‖ packet` frames, as `kirqd run --admit-packets` reads.
 fn spool(packets: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for p in packets {
-        out.extend_from_slice(&(p.len() as u32).to_be_bytes());
-        out.extend_from_slice(p);
-    }
-    out
+    kirq::wire::refill::encode(packets.iter().map(|p| &p[..]))
 }
 
 fn run_with_spool(f: &Fleet, cfg: &std::path::Path, spool: &std::path::Path) -> Proc {
@@ -238,12 +233,12 @@ fn lying_hub(f: &Fleet, lie: Arc<AtomicBool>) -> tokio::runtime::Runtime {
     let tls = kirq::tls::server_config(&id, &ca, false).unwrap();
     let key = Arc::new(kirq::crypto::falcon::SigningKey::load(&f.path("hub-signing.key")).unwrap());
     let app = axum::Router::new().route(
-        "/api/hub/refill",
+        kirq::wire::refill::REFILL_PATH,
         axum::routing::post(move |body: axum::body::Bytes| {
             let (key, lie) = (key.clone(), lie.clone());
             async move {
-                let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                let want = req["bytes"].as_u64().unwrap() as usize;
+                let req: kirq::wire::refill::RefillRequest = serde_json::from_slice(&body).unwrap();
+                let want = req.bytes;
                 let mut out = Vec::new();
                 for _ in 0..want.div_ceil(4096).min(16) {
                     let mut p = packet_for(&key, DAEMON_ID, 4096)
@@ -253,10 +248,9 @@ fn lying_hub(f: &Fleet, lie: Arc<AtomicBool>) -> tokio::runtime::Runtime {
                         let last = p.len() - 1;
                         p[last] ^= 0x55;
                     }
-                    out.extend_from_slice(&(p.len() as u32).to_be_bytes());
-                    out.extend_from_slice(&p);
+                    out.push(p);
                 }
-                out
+                kirq::wire::refill::encode(out.iter().map(|p| &p[..]))
             }
         }),
     );

@@ -9,9 +9,10 @@ use std::sync::OnceLock;
 
 use kirq::crypto::falcon::{KeyId, SigningKey};
 use kirq::pool::persist::{PoolKey, SealedFile};
-use kirq::pool::{Pool, Provenance, Want};
+use kirq::pool::{Pool, Want};
 use kirq::secret::SecretBytes;
 use kirq::verify::{Policy, Verifier};
+use kirq::wire::Provenance;
 use kirq::wire::{
     MIX_RP64, MIX_SHAKE256, PROOF_NONE, PROOF_STARK_RP64, Packet, SourceEntry, SourceKind,
 };

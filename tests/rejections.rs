@@ -166,7 +166,10 @@ fn no_client_certificate_is_refused_in_the_handshake() {
     let before = d.pool();
     let r = anon
         .post(d.f.receive_url())
-        .header("X-Quantum-Transport", "v1")
+        .header(
+            kirq::wire::refill::TRANSPORT_HEADER,
+            kirq::wire::refill::TRANSPORT_VERSION,
+        )
         .body(signed(&d.f, &d.f.packet(1024)))
         .send();
     assert!(

@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
                 "application/octet-stream"
             },
         )
-        .header("x-quantum-transport", "v1")
+        .header(kirq::wire::refill::TRANSPORT_HEADER, kirq::wire::refill::TRANSPORT_VERSION)
         .extension(kirq_fuzz::loopback_peer())
         .body(Body::from(body.to_vec()))
         .unwrap();

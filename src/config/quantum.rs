@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::{ConfigError, invalid};
-use crate::pool::Provenance;
+use crate::wire::Provenance;
 
 /// Default (and largest default) size of a VRF alpha or a signed message, in bytes.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;

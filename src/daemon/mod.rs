@@ -7,9 +7,8 @@
 //! `fallback.after_secs` without any hub), and the HTTP shim ([`crate::http`]).
 
 pub mod continuity;
-pub mod notify;
 mod state;
-pub use state::{Daemon, FrameError, HubStatus, MAX_HTTP_WAITERS, ReceiveError};
+pub use state::{Daemon, HubStatus, MAX_HTTP_WAITERS, ReceiveError};
 
 use std::net::SocketAddr;
 
@@ -22,6 +21,7 @@ use crate::config::DaemonConfig;
 use crate::crypto::falcon::VerifyingKey;
 use crate::crypto::sig::HubVerifyingKey;
 use crate::pool::persist::{PoolKey, SealedFile};
+use crate::service::{notify, shutdown_signal};
 use crate::tls::{self, Identity};
 
 /// How long a stopping daemon waits for in-flight HTTP requests.
@@ -228,7 +228,7 @@ pub async fn run(config_path: &Path, admit: Option<&Path>) -> anyhow::Result<()>
     use tokio::signal::unix::{SignalKind, signal};
     let cfg = DaemonConfig::load(config_path)?;
     let hardening = crate::secret::harden_process();
-    log_hardening(hardening);
+    crate::service::log_hardening(hardening);
     let kernel = cfg.kernel.enabled;
     let d = start(cfg, hardening).await?;
     if let Some(p) = admit {
@@ -283,28 +283,5 @@ fn reload(config_path: &Path, d: &Daemon) {
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "SIGHUP: reload failed; keeping the old keys")
         }
-    }
-}
-
-pub fn log_hardening(h: crate::secret::Hardening) {
-    if h.memory_locked {
-        tracing::info!("memory locked (mlockall): entropy is never swapped");
-    } else {
-        tracing::warn!("could not lock memory (mlockall; needs CAP_IPC_LOCK or RLIMIT_MEMLOCK)");
-    }
-    if h.no_core_dumps {
-        tracing::info!("core dumps disabled for this process");
-    } else {
-        tracing::warn!("could not disable core dumps (prctl PR_SET_DUMPABLE)");
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

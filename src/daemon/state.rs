@@ -9,10 +9,12 @@ use crate::config::DaemonConfig;
 use crate::crypto::sig::HubVerifyingKey;
 use crate::health::SourceHealth;
 use crate::metrics::DaemonMetrics;
-use crate::pool::{Pool, PoolError, Provenance};
+use crate::pool::{Pool, PoolError};
 use crate::secret::Hardening;
 use crate::util::now_ms;
 use crate::verify::{Policy, Reject, Verifier};
+use crate::wire::Provenance;
+use crate::wire::refill::{self, FrameError, Frames};
 
 /// Most `/api/rng/random` requests waiting for a refill at once; more are answered 503 at once.
 pub const MAX_HTTP_WAITERS: usize = 1024;
@@ -199,7 +201,7 @@ impl Daemon {
     pub fn receive_frames(&self, bytes: &[u8]) -> Result<(usize, usize), FrameError> {
         let now = now_ms();
         let mut pending = Vec::new();
-        let mut frames = Frames(bytes);
+        let mut frames = Frames::new(bytes);
         let mut framing = Ok(());
         for f in &mut frames {
             match f {
@@ -442,14 +444,11 @@ impl Daemon {
         source: Option<Provenance>,
     ) -> Result<usize, String> {
         let base = lock(&self.hubs)[i].url.clone();
-        let url = format!("{}/api/hub/refill", base.trim_end_matches('/'));
-        let mut req = serde_json::json!({ "recipient": self.cfg.id, "bytes": bytes });
-        if let Some(p) = source {
-            req["source"] = p.as_str().into();
-        }
+        let url = format!("{}{}", base.trim_end_matches('/'), refill::REFILL_PATH);
+        let req = refill::RefillRequest::new(&self.cfg.id, bytes, source);
         let resp = client
             .post(&url)
-            .header("X-Quantum-Transport", "v1")
+            .header(refill::TRANSPORT_HEADER, refill::TRANSPORT_VERSION)
             .json(&req)
             .send()
             .await
@@ -467,7 +466,7 @@ impl Daemon {
             return Err(format!("hub answered {status}"));
         }
         // Bounded read: at most MAX_PACKETS_PER_PULL packets of the largest size.
-        let limit = crate::hub::MAX_PACKETS_PER_PULL * (crate::wire::MAX_PACKET_BYTES + 4);
+        let limit = refill::MAX_ANSWER_BYTES;
         let declared = resp.content_length().unwrap_or(0);
         if declared > limit as u64 {
             return Err("refill answer too large".into());
@@ -490,39 +489,6 @@ impl Daemon {
             .receive_frames(body.expose())
             .map_err(|e| format!("refill answer: {e}"))?;
         Ok(admitted)
-    }
-}
-
-/// A malformed run of frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
-    #[error("truncated frame")]
-    Truncated,
-}
-
-/// `u32 length (big-endian) ‖ packet`, repeated: the refill answer and spool format.
-struct Frames<'a>(&'a [u8]);
-
-impl<'a> Iterator for Frames<'a> {
-    type Item = Result<&'a [u8], FrameError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let rest = self.0;
-        if rest.is_empty() {
-            return None;
-        }
-        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
-            self.0 = &[];
-            return Some(Err(FrameError::Truncated));
-        };
-        let len = u32::from_be_bytes(*len) as usize;
-        if len > tail.len() {
-            self.0 = &[];
-            return Some(Err(FrameError::Truncated));
-        }
-        let (packet, rest) = tail.split_at(len);
-        self.0 = rest;
-        Some(Ok(packet))
     }
 }
 
@@ -633,7 +599,7 @@ pub(super) async fn fallback_task(d: Arc<Daemon>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
-        super::notify::watchdog();
+        crate::service::notify::watchdog();
         let silent = d.silence();
         if let Some(age) = d.last_packet_age() {
             d.metrics.hub_last_packet_age.set(age.as_secs_f64());
@@ -658,7 +624,7 @@ pub(super) async fn fallback_task(d: Arc<Daemon>) {
                 let mut h = lock(&d.local_health);
                 match d.pool.fill_local(target - have, &mut h) {
                     Ok(n) if n > 0 => {
-                        d.metrics.admitted(crate::pool::Provenance::Local, n);
+                        d.metrics.admitted(Provenance::Local, n);
                     }
                     Ok(_) => {}
                     Err(e) => tracing::error!(error = %e, "local fallback failed health tests"),

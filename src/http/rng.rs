@@ -20,8 +20,10 @@ use super::openapi::{
 #[allow(unused_imports)] // named only by the OpenAPI annotations
 use super::quantum::ErrorBody;
 use crate::daemon::Daemon;
-use crate::pool::{Consumer, PoolError, Provenance, Want};
+use crate::pool::{Consumer, PoolError, Want};
 use crate::verify::Reject;
+use crate::wire::Provenance;
+use crate::wire::refill;
 
 pub const MAX_RANDOM_BYTES: u64 = 65_536;
 
@@ -254,13 +256,11 @@ async fn take_waiting(d: &Daemon, n: usize, want: Want) -> Result<crate::pool::T
         (status = 503, description = "Pool full", body = ErrorBody),
     ))]
 pub async fn receive(State(d): State<Arc<Daemon>>, headers: HeaderMap, body: Body) -> Response {
-    if headers
-        .get("x-quantum-transport")
-        .and_then(|v| v.to_str().ok())
-        != Some("v1")
+    if headers.get(refill::TRANSPORT_HEADER).map(|v| v.as_bytes())
+        != Some(refill::TRANSPORT_VERSION.as_bytes())
     {
         d.metrics.http_reject("bad_transport_header");
-        return ApiError::bad_request("header X-Quantum-Transport: v1 is required").into_response();
+        return ApiError::bad_request(refill::TRANSPORT_REQUIRED).into_response();
     }
     let limit = d.cfg.receive.max_body_bytes;
     let too_large = || {

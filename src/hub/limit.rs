@@ -1,6 +1,6 @@
 //! Each daemon's share of the hub: a byte rate and a burst per recipient id (token bucket).
 //!
-//! A refill may ask for up to [`super::MAX_PACKETS_PER_PULL`] packets, each costing source
+//! A refill may ask for up to [`crate::wire::refill::MAX_PACKETS_PER_PULL`] packets, each costing source
 //! draws, node rounds and proofs; without a share one daemon (or a stolen daemon certificate)
 //! could spend the sources' quota for every other. Buckets are keyed by registered recipient
 //! ids, so their number is bounded by the hub's config.

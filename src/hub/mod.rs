@@ -10,7 +10,7 @@ pub mod limit;
 mod serve;
 
 pub use build::{BuildError, Mode, PacketFactory, SourceReport, SourceSettings, TrackedSource};
-pub use serve::{MAX_PACKETS_PER_PULL, RunningHub, make_source, start};
+pub use serve::{RunningHub, make_source, start};
 
 use std::path::Path;
 
@@ -23,7 +23,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let key = HubSigningKey::load(&cfg.signing_key)?;
     let hub = start(cfg, key).await?;
     tracing::info!(pull = %hub.pull_addr, "kirq-hub running; Ctrl-C to stop");
-    crate::daemon::shutdown_signal().await;
+    crate::service::shutdown_signal().await;
     tracing::info!("kirq-hub stopping");
     hub.stop();
     Ok(())

@@ -24,11 +24,7 @@ use crate::sources::spore::SporeSource;
 use crate::sources::usb::UsbSource;
 use crate::sources::{Meta, Source, SourceError, local::LocalSource, rest};
 use crate::tls::{self, Identity, PeerCert};
-
-/// Most packets one refill answer carries.
-pub const MAX_PACKETS_PER_PULL: usize = 256;
-/// Largest refill request body.
-const MAX_PULL_BODY: usize = 1024;
+use crate::wire::refill::{self, FrameWriter, RefillRequest};
 
 struct HubState {
     id: String,
@@ -158,8 +154,10 @@ pub async fn start(cfg: HubConfig, key: impl Into<HubSigningKey>) -> anyhow::Res
         .with_context(|| format!("cannot listen on listen = {}", cfg.listen))?;
     let pull_addr = listener.local_addr()?;
     let pull_router = Router::new()
-        .route("/api/hub/refill", post(refill))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_PULL_BODY))
+        .route(refill::REFILL_PATH, post(refill))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            refill::MAX_REQUEST_BYTES,
+        ))
         .with_state(state.clone());
     tasks.push(tokio::spawn(tls::serve_mtls(
         listener,
@@ -245,7 +243,7 @@ async fn push_loop(
         };
         let res = client
             .post(&url)
-            .header("X-Quantum-Transport", "v1")
+            .header(refill::TRANSPORT_HEADER, refill::TRANSPORT_VERSION)
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .body(crate::secret::body_bytes(packet))
             .send()
@@ -278,22 +276,12 @@ async fn push_loop(
     }
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RefillRequest {
-    recipient: String,
-    bytes: usize,
-    /// Serve packets from the sources with this id or kind only (e.g. `"qrng"`, `"hsm"`).
-    #[serde(default)]
-    source: Option<String>,
-}
-
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
 }
 
 /// `POST /api/hub/refill`: `{"recipient": ID, "bytes": N, "source"?: ID or KIND}` → a stream of
-/// `u32 len ‖ packet` holding at least N bytes of entropy (at most [`MAX_PACKETS_PER_PULL`]
+/// `u32 len ‖ packet` holding at least N bytes of entropy (at most [`refill::MAX_PACKETS_PER_PULL`]
 /// packets; `bytes: 0` is a reachability probe answered with nothing).
 async fn refill(
     State(state): State<Arc<HubState>>,
@@ -301,17 +289,12 @@ async fn refill(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if headers
-        .get("x-quantum-transport")
-        .and_then(|v| v.to_str().ok())
-        != Some("v1")
+    if headers.get(refill::TRANSPORT_HEADER).map(|v| v.as_bytes())
+        != Some(refill::TRANSPORT_VERSION.as_bytes())
     {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "header X-Quantum-Transport: v1 is required",
-        );
+        return error(StatusCode::BAD_REQUEST, refill::TRANSPORT_REQUIRED);
     }
-    if body.len() > MAX_PULL_BODY {
+    if body.len() > refill::MAX_REQUEST_BYTES {
         return error(StatusCode::PAYLOAD_TOO_LARGE, "refill request too large");
     }
     let req: RefillRequest = match serde_json::from_slice(&body) {
@@ -340,7 +323,7 @@ async fn refill(
     }
     let n = state.packet_bytes;
     // `bytes: 0` is a reachability probe: an empty answer.
-    let asked = req.bytes.div_ceil(n).min(MAX_PACKETS_PER_PULL);
+    let asked = req.bytes.div_ceil(n).min(refill::MAX_PACKETS_PER_PULL);
     let count = match state
         .share
         .grant(&req.recipient, asked, n, std::time::Instant::now())
@@ -359,7 +342,7 @@ async fn refill(
             return r;
         }
     };
-    let mut out = crate::secret::SecretBytes::new(Vec::new());
+    let mut out = FrameWriter::default();
     for _ in 0..count {
         match state
             .factory
@@ -370,12 +353,10 @@ async fn refill(
                 if out.is_empty() {
                     // Sized from the first packet; `append` grows by hand (zeroing) if a later
                     // one is larger.
-                    out = crate::secret::SecretBytes::new(Vec::with_capacity(
-                        count * (p.len() + 4 + 256),
-                    ));
+                    out =
+                        FrameWriter::with_capacity(count * (p.len() + refill::FRAME_HEADER + 256));
                 }
-                out.append(&(p.len() as u32).to_be_bytes());
-                out.append(&p);
+                out.push(&p);
             }
             Err(e) if out.is_empty() => {
                 return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
@@ -388,7 +369,7 @@ async fn refill(
     }
     (
         [(header::CONTENT_TYPE, "application/octet-stream")],
-        crate::secret::body_bytes(out.into_zeroizing()),
+        crate::secret::body_bytes(out.into_inner().into_zeroizing()),
     )
         .into_response()
 }

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::KernelFeedConfig;
 use crate::daemon::Daemon;
-use crate::pool::{Consumer, Provenance, TakeCounts, Want};
+use crate::pool::{Consumer, TakeCounts, Want};
+use crate::wire::Provenance;
 
 pub const RANDOM_PATH: &str = "/dev/random";
 
@@ -275,10 +276,10 @@ pub async fn run(d: Arc<Daemon>) {
     let mut ready_sent = false;
     let mut seeded = |d: &Daemon, status: String| {
         if !ready_sent {
-            crate::daemon::notify::send(&format!("READY=1\nSTATUS={status}"));
+            crate::service::notify::send(&format!("READY=1\nSTATUS={status}"));
             ready_sent = true;
         } else {
-            crate::daemon::notify::send(&format!("STATUS={status}"));
+            crate::service::notify::send(&format!("STATUS={status}"));
         }
         let _ = d;
     };

@@ -909,7 +909,7 @@ pub async fn run(config_path: &Path, fault: Option<Fault>) -> anyhow::Result<()>
         key_id = %node.state.key.verifying_key().id(),
         "kirq node running; Ctrl-C to stop"
     );
-    crate::daemon::shutdown_signal().await;
+    crate::service::shutdown_signal().await;
     tracing::info!("kirq node stopping");
     node.stop();
     Ok(())

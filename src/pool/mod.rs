@@ -21,65 +21,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crate::health::{HealthFailure, SourceHealth};
 use crate::secret::SecretBytes;
 use crate::verify::VerifiedPacket;
-use crate::wire::SourceKind;
+use crate::wire::Provenance;
 
 pub const DEFAULT_CAPACITY: usize = 16 << 20;
 pub const DEFAULT_LOW_WATERMARK: usize = 1024;
 /// The fill level the daemon keeps the pool at by default (hub-delivered bytes).
 pub const DEFAULT_HIGH_WATERMARK: usize = 1 << 20;
-
-/// Where the bytes of a packet (or a fallback fill) came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Provenance {
-    Hybrid,
-    Decentralized,
-    Qrng,
-    Hsm,
-    Local,
-}
-
-impl Provenance {
-    /// In the order `any` serves them: best first.
-    pub const ALL: [Provenance; 5] = [
-        Self::Hybrid,
-        Self::Decentralized,
-        Self::Qrng,
-        Self::Hsm,
-        Self::Local,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Hybrid => "hybrid",
-            Self::Decentralized => "decentralized",
-            Self::Qrng => "qrng",
-            Self::Hsm => "hsm",
-            Self::Local => "local",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The class of a packet mixed from sources of these kinds: their common kind, or hybrid.
-    pub fn of_sources(kinds: impl IntoIterator<Item = SourceKind>) -> Self {
-        let mut kinds = kinds.into_iter();
-        let Some(first) = kinds.next() else {
-            return Self::Local;
-        };
-        if kinds.any(|k| k != first) {
-            return Self::Hybrid;
-        }
-        match first {
-            SourceKind::Qrng => Self::Qrng,
-            SourceKind::Hsm => Self::Hsm,
-            SourceKind::Decentralized => Self::Decentralized,
-            SourceKind::Local => Self::Local,
-        }
-    }
-}
 
 /// Which bytes a consumer will accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +71,7 @@ pub enum PoolError {
 #[derive(Debug)]
 pub struct Taken {
     pub bytes: SecretBytes,
-    pub by_provenance: [usize; 5],
+    pub by_provenance: [usize; Provenance::COUNT],
 }
 
 impl Taken {
@@ -142,7 +89,7 @@ impl Taken {
 /// fallback bytes (always of class `local`: fills and the restored fallback segment).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TakeCounts {
-    pub by_provenance: [usize; 5],
+    pub by_provenance: [usize; Provenance::COUNT],
     pub fallback: usize,
 }
 
@@ -200,8 +147,8 @@ impl ChunkBuf {
 
 #[derive(Default)]
 struct Inner {
-    queues: [VecDeque<Chunk>; 5],
-    by_prov: [usize; 5],
+    queues: [VecDeque<Chunk>; Provenance::COUNT],
+    by_prov: [usize; Provenance::COUNT],
     total: usize,
     fallback: usize,
 }
@@ -406,7 +353,7 @@ impl Pool {
         want: Want,
         exact: bool,
     ) -> Result<TakeCounts, PoolError> {
-        let mut by = [0usize; 5];
+        let mut by = [0usize; Provenance::COUNT];
         let mut fallback_taken = 0;
         let below_watermark;
         {

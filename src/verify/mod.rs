@@ -21,8 +21,8 @@ use crate::crypto::falcon::{KeyId, VerifyingKey};
 use crate::crypto::sig::{HubVerifyingKey, SigAlg};
 use crate::crypto::stark::{self, PublicPart};
 use crate::health::{HealthFailure, HealthTester};
-use crate::pool::Provenance;
 use crate::secret::SecretBytes;
+use crate::wire::Provenance;
 use crate::wire::{
     DecodeError, MAX_LIFETIME_MS, MIX_RP64, PROOF_NONE, PROOF_STARK_RP64, Packet, SourceEntry,
     SourceKind,

@@ -29,9 +29,12 @@
 //! replay, signature).
 
 mod codec;
+mod provenance;
+pub mod refill;
 
 pub use codec::DecodeError;
 use codec::{Reader, Writer};
+pub use provenance::Provenance;
 
 use crate::crypto::falcon::{self, KeyId};
 use crate::crypto::mldsa;
@@ -500,8 +503,8 @@ impl Packet {
     }
 
     /// The provenance class of the whole packet: the sources' common kind, or hybrid.
-    pub fn provenance_class(&self) -> crate::pool::Provenance {
-        crate::pool::Provenance::of_sources(self.provenance.iter().map(|s| s.kind))
+    pub fn provenance_class(&self) -> Provenance {
+        Provenance::of_sources(self.provenance.iter().map(|s| s.kind))
     }
 }
 

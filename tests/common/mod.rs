@@ -155,7 +155,10 @@ type = "local"
         let r = self
             .hub_client()
             .post(self.receive_url())
-            .header("X-Quantum-Transport", "v1")
+            .header(
+                kirq::wire::refill::TRANSPORT_HEADER,
+                kirq::wire::refill::TRANSPORT_VERSION,
+            )
             .header("Content-Type", "application/octet-stream")
             .body(body)
             .send()

@@ -117,8 +117,7 @@ pub async fn prepare(dir: &Path, g: Guest) -> PathBuf {
                 Err(e) => panic!("no packet after 20 tries: {e}"),
             }
         };
-        spool.extend_from_slice(&u32::try_from(p.len()).expect("len").to_be_bytes());
-        spool.extend_from_slice(&p);
+        spool.extend_from_slice(&kirq::wire::refill::encode([&p[..]]));
     }
     std::fs::write(files.join("spool.bin"), &spool).expect("spool");
     std::fs::write(files.join("name"), DEVICE_NAME).expect("name");
