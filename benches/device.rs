@@ -12,10 +12,9 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use kirq::device::DeviceCore;
+use kirq::demo::testing::{fill, local_daemon};
 use kirq::device::fuse::FuseDevice;
 use kirq::device::probe;
-use kirq::device::testing::{fill, local_daemon};
 
 const BLOCKS: [usize; 3] = [4096, 65536, 131072];
 
@@ -24,7 +23,7 @@ fn host(bytes: usize) -> Vec<probe::BenchRow> {
     let _g = rt.enter();
     let (_cfg, d) = local_daemon();
     let mnt = tempfile::tempdir().expect("mountpoint");
-    let dev = FuseDevice::start(DeviceCore::new(d.clone(), 0), mnt.path(), "kirq-rng")
+    let dev = FuseDevice::start(d.device_core(0), mnt.path(), "kirq-rng")
         .expect("FUSE mount (needs root and /dev/fuse)");
     let mut rows = Vec::new();
     for bs in BLOCKS {

@@ -33,6 +33,7 @@ pub mod secret;
 pub mod service;
 pub mod sources;
 pub mod status;
+pub mod supply;
 pub mod tls;
 pub mod util;
 pub mod verify;

@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::pool::Snapshot;
+use crate::pool::{Consumer, Snapshot};
 use crate::verify::Reject;
 use crate::wire::Provenance;
 
@@ -188,6 +188,20 @@ impl DaemonMetrics {
         }
     }
 
+    /// The counters of one consumer, for the face that serves it.
+    pub fn consumer(&self, consumer: Consumer) -> ConsumerMetrics {
+        let c = consumer.as_str();
+        ConsumerMetrics {
+            consumer,
+            served: self.served_bytes.get_or_create(&l1("consumer", c)).clone(),
+            ok: self
+                .requests
+                .get_or_create(&[("consumer", c.to_owned()), ("outcome", "ok".to_owned())])
+                .clone(),
+            requests: self.requests.clone(),
+        }
+    }
+
     pub fn reject(&self, reason: &str) {
         self.packets_rejected
             .get_or_create(&l1("reason", reason))
@@ -248,6 +262,42 @@ impl DaemonMetrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// One consumer's counters (`consumer="device"`, `"kernel"`, `"keys"`, ...): the part of the
+/// daemon's metrics a serving face writes, resolved once so a read allocates no labels.
+#[derive(Debug, Clone)]
+pub struct ConsumerMetrics {
+    consumer: Consumer,
+    served: Counter,
+    ok: Counter,
+    requests: Family<Label2, Counter>,
+}
+
+impl ConsumerMetrics {
+    pub fn consumer(&self) -> Consumer {
+        self.consumer
+    }
+
+    /// `n` bytes handed to this consumer.
+    pub fn served(&self, n: usize) {
+        self.served.inc_by(n as u64);
+    }
+
+    /// One request answered with bytes.
+    pub fn ok(&self) {
+        self.ok.inc();
+    }
+
+    /// One request with another outcome (`insufficient`, `bad_request`, `would_block`, ...).
+    pub fn request(&self, outcome: &str) {
+        self.requests
+            .get_or_create(&[
+                ("consumer", self.consumer.as_str().to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
     }
 }
 

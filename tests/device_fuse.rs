@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::{assert_no_repeated_window, need_path, need_program, sh};
 use kirq::daemon::Daemon;
-use kirq::device::DeviceCore;
+use kirq::demo::testing::{fill, local_daemon};
 use kirq::device::fuse::FuseDevice;
-use kirq::device::testing::{fill, local_daemon};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -42,7 +41,7 @@ fn mount(rate: u64) -> Mounted {
     need_program("python3", "python3");
     let (cfg, daemon) = local_daemon();
     let dir = tempfile::tempdir().expect("mountpoint");
-    let core = DeviceCore::new(daemon.clone(), rate);
+    let core = daemon.device_core(rate);
     let dev = FuseDevice::start(core, dir.path(), "kirq-rng").expect("FUSE mount (needs root)");
     let file = dev.path.clone();
     Mounted {

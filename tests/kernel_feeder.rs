@@ -4,8 +4,8 @@
 mod common;
 
 use kirq::config::KernelFeedConfig;
-use kirq::device::testing::{fill, local_daemon};
-use kirq::kernel::{FeedError, Feeder};
+use kirq::demo::testing::{fill, local_daemon};
+use kirq::kernel::{FeedError, Feeder, KernelFeed};
 
 #[test]
 fn feeds_and_reseeds_the_host_kernel() {
@@ -18,10 +18,13 @@ fn feeds_and_reseeds_the_host_kernel() {
     let f = Feeder::open().expect("open /dev/random");
     let before = f.entropy_count().expect("RNDGETENTCNT");
     assert!((0..=4096).contains(&before));
-    let cfg = KernelFeedConfig::default();
+    let feed = KernelFeed {
+        cfg: KernelFeedConfig::default(),
+        ..d.kernel_feed()
+    };
     // Local bytes from this same kernel: mixed in, credited nothing.
     let fed = f
-        .feed_from_pool(&d, &cfg, 64, true)
+        .feed_from_pool(&feed, 64, true)
         .expect("RNDADDENTROPY")
         .expect("pool had bytes");
     assert_eq!((fed.bytes, fed.bits), (64, 0));
@@ -50,7 +53,11 @@ fn without_cap_sys_admin_the_error_says_so() {
         // A refused feed costs the pool nothing: the kernel is asked before bytes are taken.
         let (_dir, d) = local_daemon();
         fill(&d, 64);
-        let r = f.feed_from_pool(&d, &KernelFeedConfig::default(), 64, false);
+        let feed = KernelFeed {
+            cfg: KernelFeedConfig::default(),
+            ..d.kernel_feed()
+        };
+        let r = f.feed_from_pool(&feed, 64, false);
         assert!(matches!(r, Err(FeedError::NotPermitted { .. })), "{r:?}");
         assert_eq!(d.pool.len(), 64, "a refused feed took pool bytes");
         println!("POOL KEPT");

@@ -419,7 +419,7 @@ fn a_hub_that_drops_every_other_round_shows_up_as_gaps() {
     for s in (41..=200).step_by(2) {
         send(s);
     }
-    let window = kirq::daemon::continuity::WINDOW;
+    let window = kirq::supply::continuity::WINDOW;
     // 42, 44, ..., 198 never arrived: 79 rounds, of which the 16 newest are still within the
     // out-of-order window.
     assert_eq!(gaps(), 79 - window / 2);

@@ -41,8 +41,8 @@ fn fixture(allow_local: bool) -> Fixture {
         memory_locked: false,
     };
     let d = Arc::new(Daemon::new(cfg, vec![], hardening));
-    let task = kirq::quantum::start(&d).unwrap();
-    let app = kirq::http::app(d.clone())
+    let task = d.start_quantum().unwrap();
+    let app = kirq::http::app(d.handles())
         .layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
     Fixture {
         d,
@@ -470,8 +470,9 @@ async fn quantum_endpoints_answer_503_without_a_quantum_section() {
         memory_locked: false,
     };
     let d = Arc::new(Daemon::new(cfg, vec![], hardening));
-    assert!(kirq::quantum::start(&d).unwrap().is_none());
-    let app = kirq::http::app(d).layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 1))));
+    assert!(d.start_quantum().unwrap().is_none());
+    let app =
+        kirq::http::app(d.handles()).layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 1))));
     let (s, v) = call(
         &app,
         "POST",
@@ -500,8 +501,8 @@ async fn quantum_endpoints_share_the_allowlist_and_rate_limit() {
         memory_locked: false,
     };
     let d = Arc::new(Daemon::new(cfg, vec![], hardening));
-    let _task = kirq::quantum::start(&d).unwrap();
-    let app = kirq::http::app(d.clone());
+    let _task = d.start_quantum().unwrap();
+    let app = kirq::http::app(d.handles());
     let local = app
         .clone()
         .layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 2))));

@@ -13,12 +13,12 @@ fuzz_target!(|data: &[u8]| {
     };
     let d = kirq_fuzz::daemon().clone();
     let (method, path, app) = match sel % 6 {
-        0 => ("POST", "/api/rng/random", kirq::http::app(d)),
-        1 => ("POST", "/api/rng/receive", kirq::http::app(d)),
-        2 => ("GET", "/api/rng/health", kirq::http::app(d)),
-        3 => ("GET", "/api/rng/stats", kirq::http::app(d)),
-        4 => ("GET", "/metrics", kirq::http::app(d)),
-        _ => ("POST", "/api/rng/receive", kirq::http::receive_router(d)),
+        0 => ("POST", "/api/rng/random", kirq::http::app(d.handles())),
+        1 => ("POST", "/api/rng/receive", kirq::http::app(d.handles())),
+        2 => ("GET", "/api/rng/health", kirq::http::app(d.handles())),
+        3 => ("GET", "/api/rng/stats", kirq::http::app(d.handles())),
+        4 => ("GET", "/metrics", kirq::http::app(d.handles())),
+        _ => ("POST", "/api/rng/receive", kirq::http::receive_router(d.handles())),
     };
     let req = Request::builder()
         .method(method)

@@ -1,14 +1,13 @@
 //! kirqd: receives packets over mutual TLS, verifies them, keeps the single-use pool, and serves it.
 //!
-//! One [`Daemon`] value holds the shared state; a few tasks drive it: the receive listener (push
-//! from hubs), the refill task (pull from hubs below the low watermark), the probe task (asks each
-//! hub for nothing every few seconds, for /health and so a quiet hub is not taken for a dead
-//! one), the fallback monitor (local entropy, loudly, after
-//! `fallback.after_secs` without any hub), and the HTTP shim ([`crate::http`]).
+//! This module is the composition root: [`Daemon`] builds the parts from the config (the pool,
+//! the [`crate::supply`] side that verifies and admits packets and pulls from hubs, the metrics,
+//! the quantum keys) and [`start`] hands each face the handles it uses: the receive listener and
+//! the HTTP shim ([`crate::http`]), the device ([`crate::device`]), the kernel feeder
+//! ([`crate::kernel`]) and the supply's tasks (refill, probe, fallback).
 
-pub mod continuity;
 mod state;
-pub use state::{Daemon, HubStatus, MAX_HTTP_WAITERS, ReceiveError};
+pub use state::Daemon;
 
 use std::net::SocketAddr;
 
@@ -144,7 +143,8 @@ pub async fn start(
     );
     let nodes = load_trusted_nodes(&cfg)?;
     let daemon = Arc::new(Daemon::open(cfg.clone(), keys, hardening)?);
-    daemon.verifier.set_trusted_nodes(nodes);
+    let verifier = &daemon.supply.intake.verifier;
+    verifier.set_trusted_nodes(nodes);
     if daemon.pool.secret_memory() {
         tracing::info!("pool memory: memfd_secret (out of the kernel's direct map, never dumped)");
     } else {
@@ -155,7 +155,7 @@ pub async fn start(
     let sealed = restore_sealed(&cfg, &daemon.pool)?;
     let mut tasks = Vec::new();
     let (stop_http, mut stop_rx) = tokio::sync::watch::channel(false);
-    tasks.extend(crate::quantum::start(&daemon)?);
+    tasks.extend(daemon.start_quantum()?);
 
     let listener = tokio::net::TcpListener::bind(cfg.receive.listen)
         .await
@@ -164,7 +164,7 @@ pub async fn start(
     tasks.push(tokio::spawn(tls::serve_mtls(
         listener,
         server_cfg,
-        crate::http::receive_router(daemon.clone()),
+        crate::http::receive_router(daemon.handles()),
         daemon.metrics.clone(),
     )));
 
@@ -174,7 +174,7 @@ pub async fn start(
                 .await
                 .with_context(|| format!("cannot listen on http.listen = {addr}"))?;
             let a = l.local_addr()?;
-            let app = crate::http::app(daemon.clone());
+            let app = crate::http::app(daemon.handles());
             let task = tokio::spawn(async move {
                 let svc = app.into_make_service_with_connect_info::<SocketAddr>();
                 let stopped = async move {
@@ -189,24 +189,17 @@ pub async fn start(
         None => (None, None),
     };
 
-    if !cfg.hubs.is_empty() {
-        tasks.push(tokio::spawn(state::refill_task(
-            daemon.clone(),
-            client.clone(),
-        )));
-        tasks.push(tokio::spawn(state::probe_task(daemon.clone(), client)));
-    }
-    tasks.push(tokio::spawn(state::fallback_task(daemon.clone())));
-    let (status, device) = crate::device::start(&daemon, &cfg.device)?;
-    daemon.set_device_status(status);
+    tasks.extend(daemon.supply.spawn_tasks(&cfg, client));
+    let core = daemon.device_core(cfg.device.rate_limit_bytes_per_second);
+    let device = crate::device::start(core, &cfg.device, &daemon.device_status)?;
     if cfg.kernel.enabled {
-        tasks.push(tokio::spawn(crate::kernel::run(daemon.clone())));
+        tasks.push(tokio::spawn(crate::kernel::run(daemon.kernel_feed())));
     }
     tracing::info!(
         id = %cfg.id,
         receive = %receive_addr,
         http = ?http_addr,
-        trusted_keys = ?daemon.verifier.trusted_key_ids(),
+        trusted_keys = ?verifier.trusted_key_ids(),
         "kirqd started"
     );
     Ok(RunningDaemon {
@@ -273,8 +266,9 @@ fn reload(config_path: &Path, d: &Daemon) {
         Ok((c, keys, nodes)) => {
             let ids: Vec<_> = keys.iter().map(|k| k.id()).collect();
             let node_ids: Vec<_> = nodes.iter().map(|(id, _)| id.clone()).collect();
-            d.verifier.set_trusted_keys(keys);
-            d.verifier.set_trusted_nodes(nodes);
+            let verifier = &d.supply.intake.verifier;
+            verifier.set_trusted_keys(keys);
+            verifier.set_trusted_nodes(nodes);
             tracing::info!(trusted_keys = ?ids, trusted_nodes = ?node_ids, "SIGHUP: trusted hub and node keys reloaded; pool kept");
             if format!("{:?}", c.without_keys()) != format!("{:?}", d.cfg.without_keys()) {
                 tracing::warn!("SIGHUP: other config changes need a restart to take effect");

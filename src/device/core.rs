@@ -22,10 +22,8 @@ use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
-use crate::daemon::Daemon;
-use prometheus_client::metrics::counter::Counter;
-
-use crate::pool::Want;
+use crate::metrics::ConsumerMetrics;
+use crate::pool::{Pool, Want};
 
 /// Largest read served in one request (the kernel splits larger reads).
 pub const MAX_READ: usize = 128 * 1024;
@@ -33,8 +31,6 @@ pub const MAX_READ: usize = 128 * 1024;
 pub const RNDGETENTCNT: u32 = 0x8004_5200;
 /// `TCGETS` (isatty): a random device is not a terminal.
 pub const TCGETS: u32 = 0x5401;
-
-const CONSUMER: &str = "device";
 
 /// Most poll wakeups kept at once (each holds the front end's descriptor).
 pub const MAX_POLLERS: usize = 1024;
@@ -128,10 +124,9 @@ impl Pollers {
 
 /// The device's shared state. `Debug` shows counts only.
 pub struct DeviceCore {
-    daemon: Arc<Daemon>,
-    /// The `consumer="device"` counters, looked up once (a read must not allocate labels).
-    served_bytes: Counter,
-    reads_ok: Counter,
+    pool: Arc<Pool>,
+    /// The `consumer="device"` counters.
+    metrics: ConsumerMetrics,
     rate: u64,
     files: Mutex<HashMap<u64, Bucket>>,
     next_fh: AtomicU64,
@@ -164,20 +159,10 @@ impl Drop for WaitGuard<'_> {
 
 impl DeviceCore {
     /// `rate` is the per-open-file limit in bytes per second (0 = none).
-    pub fn new(daemon: Arc<Daemon>, rate: u64) -> Arc<Self> {
-        let m = &daemon.metrics;
-        let served_bytes = m
-            .served_bytes
-            .get_or_create(&[("consumer", CONSUMER.into())])
-            .clone();
-        let reads_ok = m
-            .requests
-            .get_or_create(&[("consumer", CONSUMER.into()), ("outcome", "ok".into())])
-            .clone();
+    pub fn new(pool: Arc<Pool>, metrics: ConsumerMetrics, rate: u64) -> Arc<Self> {
         Arc::new(Self {
-            served_bytes,
-            reads_ok,
-            daemon,
+            pool,
+            metrics,
             rate,
             files: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -185,10 +170,6 @@ impl DeviceCore {
             queue: tokio::sync::Mutex::new(()),
             pollers: Mutex::new(Pollers::default()),
         })
-    }
-
-    pub fn daemon(&self) -> &Arc<Daemon> {
-        &self.daemon
     }
 
     /// A new open file; its handle identifies it in reads and release.
@@ -254,12 +235,12 @@ impl DeviceCore {
             Err(wait) => return Err((DevError::WouldBlock, wait)),
         };
         let n = dst.len().min(allow).min(MAX_READ);
-        match self.daemon.pool.take_into(&mut dst[..n], Want::Any, false) {
+        match self.pool.take_into(&mut dst[..n], Want::Any, false) {
             Ok(by) => {
                 let got = by.total();
                 self.spend(fh, got);
-                self.served_bytes.inc_by(got as u64);
-                self.reads_ok.inc();
+                self.metrics.served(got);
+                self.metrics.ok();
                 Ok(got)
             }
             Err(_) => Err((DevError::WouldBlock, Duration::ZERO)),
@@ -298,7 +279,7 @@ impl DeviceCore {
             DevError::Interrupted => "interrupted",
             _ => "bad_request",
         };
-        self.daemon.metrics.request(CONSUMER, outcome);
+        self.metrics.request(outcome);
     }
 
     /// A full read: `size` 0 returns nothing; otherwise at least one byte, waiting (fairly, in
@@ -345,7 +326,7 @@ impl DeviceCore {
             () = &mut cancel => return Err(DevError::Interrupted),
         };
         loop {
-            let arrival = self.daemon.pool.arrival();
+            let arrival = self.pool.arrival();
             tokio::pin!(arrival);
             arrival.as_mut().enable();
             let wait = match self.attempt(fh, size) {
@@ -372,7 +353,7 @@ impl DeviceCore {
 
     /// True when a read would return bytes now.
     pub fn readable(&self) -> bool {
-        !self.daemon.pool.is_empty()
+        !self.pool.is_empty()
     }
 
     /// Poll on file `fh` with the kernel's poll handle `kh`: registers `wake` for the next
@@ -402,7 +383,7 @@ impl DeviceCore {
     /// Runs the registered poll wakeups after each admission. Runs until aborted.
     pub async fn poll_notifier(self: Arc<Self>) {
         loop {
-            let arrival = self.daemon.pool.arrival();
+            let arrival = self.pool.arrival();
             tokio::pin!(arrival);
             arrival.as_mut().enable();
             if self.readable() {
@@ -426,7 +407,7 @@ impl DeviceCore {
                 if out_size < 4 {
                     return Err(DevError::Invalid);
                 }
-                let bits = self.daemon.pool.len().saturating_mul(8);
+                let bits = self.pool.len().saturating_mul(8);
                 let bits = i32::try_from(bits).unwrap_or(i32::MAX);
                 Ok(bits.to_ne_bytes().to_vec())
             }
@@ -438,12 +419,12 @@ impl DeviceCore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::testing::{fill, local_daemon};
+    use crate::demo::testing::{fill, local_daemon};
 
     #[tokio::test]
     async fn read_takes_at_most_what_is_there() {
         let (_dir, d) = local_daemon();
-        let core = DeviceCore::new(d.clone(), 0);
+        let core = d.device_core(0);
         let fh = core.open();
         fill(&d, 100);
         let b = core.read(fh, 4096, false, std::future::pending()).await;
@@ -468,7 +449,7 @@ mod tests {
     #[tokio::test]
     async fn blocked_read_wakes_on_arrival_and_interrupt_takes_nothing() {
         let (_dir, d) = local_daemon();
-        let core = DeviceCore::new(d.clone(), 0);
+        let core = d.device_core(0);
         let fh = core.open();
         // Interrupted while waiting: EINTR, and a later arrival is still all there.
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -500,7 +481,7 @@ mod tests {
     #[tokio::test]
     async fn blocked_readers_are_served_in_turn() {
         let (_dir, d) = local_daemon();
-        let core = DeviceCore::new(d.clone(), 0);
+        let core = d.device_core(0);
         let mut tasks = Vec::new();
         for _ in 0..3 {
             let c = core.clone();
@@ -526,7 +507,7 @@ mod tests {
     #[tokio::test]
     async fn rate_limit_caps_one_file_not_another() {
         let (_dir, d) = local_daemon();
-        let core = DeviceCore::new(d.clone(), 1000);
+        let core = d.device_core(1000);
         fill(&d, 10_000);
         let a = core.open();
         let b = core.open();
@@ -552,7 +533,7 @@ mod tests {
     #[tokio::test]
     async fn ioctl_and_poll() {
         let (_dir, d) = local_daemon();
-        let core = DeviceCore::new(d.clone(), 0);
+        let core = d.device_core(0);
         fill(&d, 100);
         assert_eq!(
             core.ioctl(RNDGETENTCNT, 4),
@@ -580,7 +561,7 @@ mod tests {
     async fn poll_wakeups_are_bounded_and_none_is_lost() {
         use std::sync::atomic::AtomicU32;
         let (_dir, d) = local_daemon();
-        let core = DeviceCore::new(d.clone(), 0);
+        let core = d.device_core(0);
         let fh = core.open();
         const N: u64 = 100_000;
         let woken: Arc<Vec<AtomicU32>> = Arc::new((0..N).map(|_| AtomicU32::new(0)).collect());

@@ -14,15 +14,42 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::{DeviceConfig, DeviceMode};
-use crate::daemon::Daemon;
 
 pub use self::core::DeviceCore;
 
+/// Which device face is up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Face {
+    /// A CUSE character device, `/dev/<name>`.
+    Cuse,
+    /// A file on a FUSE mount.
+    Fuse,
+    /// None: entropy is served over HTTP only.
+    #[default]
+    Off,
+}
+
+impl Face {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cuse => "cuse",
+            Self::Fuse => "fuse",
+            Self::Off => "off",
+        }
+    }
+}
+
+impl std::fmt::Display for Face {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What the device face is doing, for `/api/rng/health`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DeviceStatus {
-    /// `cuse`, `fuse` or `off` (HTTP only).
-    pub mode: &'static str,
+    pub mode: Face,
     /// The node or file readers open.
     pub path: Option<PathBuf>,
     /// Why this mode (what `auto` found, or the error that left the device off).
@@ -45,19 +72,46 @@ impl DeviceHandle {
     }
 }
 
-/// Starts the device face `cfg` asks for. An explicit mode that fails is an error; `auto` falls
-/// through CUSE → FUSE → off and reports why. Must run inside a tokio runtime.
+impl DeviceStatus {
+    /// Before [`start`] ran.
+    pub fn not_started() -> Self {
+        Self {
+            mode: Face::Off,
+            path: None,
+            reason: "not started".into(),
+        }
+    }
+}
+
+/// Starts the device face `cfg` asks for over `core`, and publishes which one is up (and why) on
+/// `status`. An explicit mode that fails is an error; `auto` falls through CUSE → FUSE → off and
+/// reports why. Must run inside a tokio runtime.
 pub fn start(
-    daemon: &Arc<Daemon>,
+    core: Arc<DeviceCore>,
+    cfg: &DeviceConfig,
+    status: &tokio::sync::watch::Sender<DeviceStatus>,
+) -> anyhow::Result<Option<DeviceHandle>> {
+    let (s, handle) = choose(core, cfg)?;
+    if s.mode == Face::Off {
+        tracing::warn!(reason = %s.reason, "no device face; entropy is served over HTTP only")
+    } else {
+        tracing::info!(mode = s.mode.as_str(), path = ?s.path, reason = %s.reason, "device face up")
+    }
+    status.send_replace(s);
+    Ok(handle)
+}
+
+/// Applies `device.mode`: the face started and what to say of it.
+fn choose(
+    core: Arc<DeviceCore>,
     cfg: &DeviceConfig,
 ) -> anyhow::Result<(DeviceStatus, Option<DeviceHandle>)> {
-    let core = DeviceCore::new(daemon.clone(), cfg.rate_limit_bytes_per_second);
     let cuse_path = PathBuf::from("/dev").join(&cfg.name);
     let start_cuse = |core: Arc<DeviceCore>| {
         cuse::CuseDevice::start(core, &cfg.name).map(|c| {
             (
                 DeviceStatus {
-                    mode: "cuse",
+                    mode: Face::Cuse,
                     path: Some(cuse_path.clone()),
                     reason: "CUSE character device".into(),
                 },
@@ -69,7 +123,7 @@ pub fn start(
         fuse::FuseDevice::start(core, mp, &cfg.name).map(|f| {
             (
                 DeviceStatus {
-                    mode: "fuse",
+                    mode: Face::Fuse,
                     path: Some(f.path.clone()),
                     reason,
                 },
@@ -78,7 +132,7 @@ pub fn start(
         })
     };
     let off = |reason: String| DeviceStatus {
-        mode: "off",
+        mode: Face::Off,
         path: None,
         reason,
     };
@@ -112,63 +166,14 @@ pub fn start(
             }
         },
     };
-    match status.mode {
-        "off" => {
-            tracing::warn!(reason = %status.reason, "no device face; entropy is served over HTTP only")
-        }
-        m => {
-            tracing::info!(mode = m, path = ?status.path, reason = %status.reason, "device face up")
-        }
-    }
     Ok((status, handle))
-}
-
-/// A daemon with no listeners and helpers to fill its pool, for tests and benchmarks.
-pub mod testing {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use crate::daemon::Daemon;
-    use crate::health::SourceHealth;
-
-    /// A daemon built from the demo's configs (throwaway keys in a temporary directory).
-    pub fn local_daemon() -> (tempfile::TempDir, Arc<Daemon>) {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let (_hub, cfg) = crate::demo::configs(dir.path(), None).expect("demo configs");
-        let keys = crate::daemon::load_trusted_keys(&cfg).expect("hub key");
-        let hardening = crate::secret::Hardening {
-            no_core_dumps: false,
-            memory_locked: false,
-        };
-        (dir, Arc::new(Daemon::new(cfg, keys, hardening)))
-    }
-
-    /// Adds `n` health-tested local bytes (marked `local`) to the pool. A health-test alarm
-    /// drops that block and the fill goes on with a fresh tester: at 8 bits per byte and
-    /// alpha = 2^-20 the repetition-count cutoff is 4 identical bytes in a row, which a perfect
-    /// source produces about once per 16 MiB.
-    pub fn fill(d: &Daemon, n: usize) -> usize {
-        let mut h = SourceHealth::new(20, 8.0, Duration::ZERO);
-        let (mut added, mut alarms) = (0, 0);
-        while added < n {
-            let k = (n - added).min(1 << 20);
-            match d.pool.fill_local(k, &mut h) {
-                Ok(0) => break,
-                Ok(k) => added += k,
-                Err(_) if alarms < 16 => {
-                    alarms += 1;
-                    h = SourceHealth::new(20, 8.0, Duration::ZERO);
-                }
-                Err(_) => break,
-            }
-        }
-        added
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::Daemon;
+    use crate::demo::testing::local_daemon;
 
     async fn health_json(d: &Arc<Daemon>) -> serde_json::Value {
         use tower::ServiceExt;
@@ -180,7 +185,7 @@ mod tests {
             ))))
             .body(axum::body::Body::empty())
             .expect("request");
-        let resp = crate::http::app(d.clone())
+        let resp = crate::http::app(d.handles())
             .oneshot(req)
             .await
             .expect("response");
@@ -222,15 +227,19 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn auto_falls_back_and_says_why() {
-        let (_dir, d) = testing::local_daemon();
+        let (_dir, d) = local_daemon();
         let mut cfg = DeviceConfig::default();
+        let start = |cfg: &DeviceConfig| {
+            let h = start(d.device_core(0), cfg, &d.device_status)?;
+            anyhow::Ok((d.device_status.borrow().clone(), h))
+        };
         if std::path::Path::new(cuse::dev::CUSE_PATH).exists() {
-            return assert_eq!(start(&d, &cfg).map(|s| s.0.mode).ok(), Some("cuse"));
+            return assert_eq!(start(&cfg).map(|s| s.0.mode).ok(), Some(Face::Cuse));
         }
         // This host has no CUSE: without a mountpoint, HTTP only, with the reason.
-        let (s, h) = start(&d, &cfg).expect("auto never fails");
+        let (s, h) = start(&cfg).expect("auto never fails");
         assert!(h.is_none());
-        assert_eq!(s.mode, "off");
+        assert_eq!(s.mode, Face::Off);
         assert!(
             s.reason.contains("no CUSE") && s.reason.contains("mountpoint"),
             "{}",
@@ -239,19 +248,18 @@ mod tests {
         // With a mountpoint: the FUSE fallback (needs root and /dev/fuse, as the suite does).
         let mnt = tempfile::tempdir().expect("mountpoint");
         cfg.mountpoint = Some(mnt.path().to_owned());
-        let (s, h) = start(&d, &cfg).expect("auto never fails");
-        assert_eq!(s.mode, "fuse", "{}", s.reason);
+        let (s, h) = start(&cfg).expect("auto never fails");
+        assert_eq!(s.mode, Face::Fuse, "{}", s.reason);
         assert_eq!(s.path, Some(mnt.path().join("kirq-rng")));
         assert!(s.path.as_ref().is_some_and(|p| p.exists()));
         // /api/rng/health says which face is up.
-        d.set_device_status(s);
         let health = health_json(&d).await;
         assert_eq!(health["device"]["mode"], "fuse");
         assert_eq!(health["kernel_feeder"]["state"], "off");
         h.expect("handle").stop();
         // An explicit mode that cannot work is an error, not a silent fallback.
         cfg.mode = DeviceMode::Cuse;
-        let e = start(&d, &cfg).expect_err("cuse mode without /dev/cuse fails");
+        let e = start(&cfg).expect_err("cuse mode without /dev/cuse fails");
         assert!(format!("{e:#}").contains("/dev/cuse"), "{e:#}");
     }
 }

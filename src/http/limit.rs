@@ -11,8 +11,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::ApiError;
+use super::Handles;
 use crate::config::HttpConfig;
-use crate::daemon::Daemon;
 
 /// Most client addresses tracked; beyond it idle buckets are dropped.
 const MAX_BUCKETS: usize = 65_536;
@@ -66,7 +66,7 @@ impl Limiter {
 }
 
 pub async fn guard(
-    State((d, limiter)): State<(Arc<Daemon>, Arc<Limiter>)>,
+    State((d, limiter)): State<(Arc<Handles>, Arc<Limiter>)>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
     next: Next,

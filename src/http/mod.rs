@@ -17,13 +17,38 @@ pub mod quantum;
 mod rng;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::daemon::Daemon;
+/// Most `/api/rng/random` requests waiting for a refill at once; more are answered 503 at once.
+pub const MAX_HTTP_WAITERS: usize = 1024;
+
+/// What the daemon's HTTP faces serve: handles to the parts they read and the settings they
+/// apply, not the daemon. Built by [`crate::daemon::Daemon::handles`].
+#[derive(Debug, Clone)]
+pub struct Handles {
+    pub id: String,
+    pub http: crate::config::HttpConfig,
+    /// `receive.max_body_bytes`: the largest pushed packet read.
+    pub max_body_bytes: usize,
+    /// `quantum.max_message_bytes` (or its default without `[quantum]`).
+    pub max_message_bytes: usize,
+    pub low_watermark_bytes: usize,
+    pub pool: Arc<crate::pool::Pool>,
+    pub supply: crate::supply::Supply,
+    pub keys: Arc<crate::quantum::Keys>,
+    pub metrics: Arc<crate::metrics::DaemonMetrics>,
+    pub device: tokio::sync::watch::Receiver<crate::device::DeviceStatus>,
+    pub kernel: tokio::sync::watch::Receiver<crate::kernel::FeederStatus>,
+    pub hardening: crate::secret::Hardening,
+    pub started: Instant,
+    /// Requests allowed to wait for a refill at once ([`MAX_HTTP_WAITERS`]).
+    pub waiters: Arc<tokio::sync::Semaphore>,
+}
 
 /// An API error: status plus a message for the client.
 #[derive(Debug)]
@@ -61,8 +86,9 @@ impl IntoResponse for ApiError {
 }
 
 /// The consumer-facing shim.
-pub fn app(d: Arc<Daemon>) -> Router {
-    let limiter = Arc::new(limit::Limiter::new(&d.cfg.http));
+pub fn app(d: Handles) -> Router {
+    let d = Arc::new(d);
+    let limiter = Arc::new(limit::Limiter::new(&d.http));
     Router::new()
         .route("/api/rng/random", post(rng::random))
         .route("/api/rng/health", get(rng::health))
@@ -91,13 +117,14 @@ pub fn app(d: Arc<Daemon>) -> Router {
             limit::guard,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(
-            d.cfg.http.max_request_bytes,
+            d.http.max_request_bytes,
         ))
         .with_state(d)
 }
 
 /// `POST /api/rng/receive`, for the mutual-TLS listener only.
-pub fn receive_router(d: Arc<Daemon>) -> Router {
+pub fn receive_router(d: Handles) -> Router {
+    let d = Arc::new(d);
     // Handlers read their bodies with their own limits (and answer 413 in JSON, counted).
     Router::new()
         .route("/api/rng/receive", post(rng::receive))

@@ -26,11 +26,11 @@ use utoipa::openapi::schema::{
 use utoipa::{PartialSchema, ToSchema};
 
 use super::ApiError;
+use super::Handles;
 use crate::config::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::crypto::falcon;
 use crate::crypto::mldsa;
 use crate::crypto::sig::{HubVerifyingKey, PacketSigner, SigAlg};
-use crate::daemon::Daemon;
 use crate::quantum::{Keys, vrf};
 
 /// Room in a body beyond the encoded message: keys, signatures, field names.
@@ -193,14 +193,11 @@ struct Parsed {
     fields: Vec<Option<Vec<u8>>>,
 }
 
-fn max_message(d: &Daemon) -> usize {
-    d.cfg
-        .quantum
-        .as_ref()
-        .map_or(DEFAULT_MAX_MESSAGE_BYTES, |q| q.max_message_bytes)
+fn max_message(d: &Handles) -> usize {
+    d.max_message_bytes
 }
 
-fn bad(d: &Daemon, msg: String) -> ApiError {
+fn bad(d: &Handles, msg: String) -> ApiError {
     d.metrics.http_reject("bad_request");
     ApiError::bad_request(msg)
 }
@@ -215,7 +212,7 @@ fn unavailable(message: String) -> Response {
     .into_response()
 }
 
-async fn parse(d: &Daemon, body: Body, table: &[Field]) -> Result<Parsed, ApiError> {
+async fn parse(d: &Handles, body: Body, table: &[Field]) -> Result<Parsed, ApiError> {
     let max = max_message(d);
     let limit = 2 * max + BODY_OVERHEAD;
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
@@ -382,8 +379,8 @@ pub struct SignaturePublicKeyResponse {
         (status = 429, description = "Rate limited", body = ErrorBody),
         (status = 503, description = "VRF key not available yet", body = ErrorBody),
     ))]
-pub async fn vrf(State(d): State<Arc<Daemon>>, body: Body) -> Response {
-    let key = match d.quantum.vrf() {
+pub async fn vrf(State(d): State<Arc<Handles>>, body: Body) -> Response {
+    let key = match d.keys.vrf() {
         Ok(k) => k,
         Err(m) => return unavailable(m),
     };
@@ -414,14 +411,14 @@ pub async fn vrf(State(d): State<Arc<Daemon>>, body: Body) -> Response {
         (status = 429, description = "Rate limited", body = ErrorBody),
         (status = 503, description = "No public_key given and no VRF key yet", body = ErrorBody),
     ))]
-pub async fn vrf_verify(State(d): State<Arc<Daemon>>, body: Body) -> Response {
+pub async fn vrf_verify(State(d): State<Arc<Handles>>, body: Body) -> Response {
     let p = match parse(&d, body, VRF_VERIFY_FIELDS).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
     let public = match &p.fields[2] {
         Some(pk) => pk.clone(),
-        None => match d.quantum.vrf() {
+        None => match d.keys.vrf() {
             Ok(k) => k.public_key().to_vec(),
             Err(m) => return unavailable(m),
         },
@@ -446,8 +443,8 @@ pub async fn vrf_verify(State(d): State<Arc<Daemon>>, body: Body) -> Response {
         (status = 429, description = "Rate limited", body = ErrorBody),
         (status = 503, description = "VRF key not available yet", body = ErrorBody),
     ))]
-pub async fn vrf_public_key(State(d): State<Arc<Daemon>>) -> Response {
-    match d.quantum.vrf() {
+pub async fn vrf_public_key(State(d): State<Arc<Handles>>) -> Response {
+    match d.keys.vrf() {
         Ok(k) => Json(VrfPublicKeyResponse {
             public_key: hex::encode(k.public_key()),
             public_key_base64: B64_ENCODE.encode(k.public_key()),
@@ -458,8 +455,8 @@ pub async fn vrf_public_key(State(d): State<Arc<Daemon>>) -> Response {
     }
 }
 
-async fn sign_with(d: &Daemon, body: Body, svc: &SigService) -> Response {
-    let key = match (svc.key)(&d.quantum) {
+async fn sign_with(d: &Handles, body: Body, svc: &SigService) -> Response {
+    let key = match (svc.key)(&d.keys) {
         Ok(k) => k,
         Err(m) => return unavailable(m),
     };
@@ -477,7 +474,7 @@ async fn sign_with(d: &Daemon, body: Body, svc: &SigService) -> Response {
     .into_response()
 }
 
-async fn verify_with(d: &Daemon, body: Body, svc: &SigService) -> Response {
+async fn verify_with(d: &Handles, body: Body, svc: &SigService) -> Response {
     let p = match parse(d, body, svc.verify_fields).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -486,7 +483,7 @@ async fn verify_with(d: &Daemon, body: Body, svc: &SigService) -> Response {
     let sig = p.fields[1].as_deref().unwrap_or_default();
     let public = match &p.fields[2] {
         Some(pk) => pk.as_slice(),
-        None => match (svc.key)(&d.quantum) {
+        None => match (svc.key)(&d.keys) {
             Ok(k) => k.public_key(),
             Err(m) => return unavailable(m),
         },
@@ -502,8 +499,8 @@ async fn verify_with(d: &Daemon, body: Body, svc: &SigService) -> Response {
     .into_response()
 }
 
-fn public_key_of(d: &Daemon, svc: &SigService) -> Response {
-    match (svc.key)(&d.quantum) {
+fn public_key_of(d: &Handles, svc: &SigService) -> Response {
+    match (svc.key)(&d.keys) {
         Ok(k) => Json(SignaturePublicKeyResponse {
             public_key: hex::encode(k.public_key()),
             public_key_base64: B64_ENCODE.encode(k.public_key()),
@@ -536,7 +533,7 @@ macro_rules! signature_endpoints {
                 (status = 503, description = "Quantum endpoints not configured", body = ErrorBody),
             ))]
         #[doc = $sign_summary]
-        pub async fn $sign(State(d): State<Arc<Daemon>>, body: Body) -> Response {
+        pub async fn $sign(State(d): State<Arc<Handles>>, body: Body) -> Response {
             sign_with(&d, body, &$svc).await
         }
 
@@ -552,7 +549,7 @@ macro_rules! signature_endpoints {
                     body = ErrorBody),
             ))]
         #[doc = $verify_summary]
-        pub async fn $verify(State(d): State<Arc<Daemon>>, body: Body) -> Response {
+        pub async fn $verify(State(d): State<Arc<Handles>>, body: Body) -> Response {
             verify_with(&d, body, &$svc).await
         }
 
@@ -564,7 +561,7 @@ macro_rules! signature_endpoints {
                 (status = 503, description = "Quantum endpoints not configured", body = ErrorBody),
             ))]
         #[doc = $public_summary]
-        pub async fn $public(State(d): State<Arc<Daemon>>) -> Response {
+        pub async fn $public(State(d): State<Arc<Handles>>) -> Response {
             public_key_of(&d, &$svc)
         }
     };

@@ -13,13 +13,13 @@ use base64::Engine;
 use zeroize::Zeroizing;
 
 use super::ApiError;
+use super::Handles;
 #[allow(unused_imports)] // named only by the OpenAPI annotations
 use super::openapi::{
     HealthResponse, RandomRequestBody, RandomResponse, ReceiveResponse, StatsResponse,
 };
 #[allow(unused_imports)] // named only by the OpenAPI annotations
 use super::quantum::ErrorBody;
-use crate::daemon::Daemon;
 use crate::pool::{Consumer, PoolError, Want};
 use crate::verify::Reject;
 use crate::wire::Provenance;
@@ -113,8 +113,8 @@ fn bad_source() -> ApiError {
         (status = 503, description = "Pool cannot serve the request now (reason pool_depleted)",
             body = ErrorBody),
     ))]
-pub async fn random(State(d): State<Arc<Daemon>>, body: Body) -> Response {
-    let limit = d.cfg.http.max_request_bytes;
+pub async fn random(State(d): State<Arc<Handles>>, body: Body) -> Response {
+    let limit = d.http.max_request_bytes;
     let parsed = match read_limited(body, limit).await {
         Some(b) => parse_random(b.expose()),
         None => Err(ApiError {
@@ -210,10 +210,10 @@ pub async fn random(State(d): State<Arc<Daemon>>, body: Body) -> Response {
 
 /// Takes `n` bytes, waiting up to `http.max_wait_ms` for a refill when the pool cannot serve them
 /// whole (the shortfall is already counted into the next pull). At most
-/// [`crate::daemon::MAX_HTTP_WAITERS`] requests wait; the rest are answered at once.
-async fn take_waiting(d: &Daemon, n: usize, want: Want) -> Result<crate::pool::Taken, PoolError> {
+/// [`MAX_HTTP_WAITERS`] requests wait; the rest are answered at once.
+async fn take_waiting(d: &Handles, n: usize, want: Want) -> Result<crate::pool::Taken, PoolError> {
     let deadline =
-        tokio::time::Instant::now() + std::time::Duration::from_millis(d.cfg.http.max_wait_ms);
+        tokio::time::Instant::now() + std::time::Duration::from_millis(d.http.max_wait_ms);
     let mut permit = None;
     loop {
         let arrival = d.pool.arrival();
@@ -224,10 +224,10 @@ async fn take_waiting(d: &Daemon, n: usize, want: Want) -> Result<crate::pool::T
             Err(e) => e,
         };
         if let Want::Only(class) = want {
-            d.want_class(class);
+            d.supply.hubs.want_class(class);
         }
         if permit.is_none() {
-            match d.http_waiters.try_acquire() {
+            match d.waiters.try_acquire() {
                 Ok(p) => permit = Some(p),
                 Err(_) => return Err(err),
             }
@@ -255,14 +255,14 @@ async fn take_waiting(d: &Daemon, n: usize, want: Want) -> Result<crate::pool::T
         (status = 429, description = "Rate limited", body = ErrorBody),
         (status = 503, description = "Pool full", body = ErrorBody),
     ))]
-pub async fn receive(State(d): State<Arc<Daemon>>, headers: HeaderMap, body: Body) -> Response {
+pub async fn receive(State(d): State<Arc<Handles>>, headers: HeaderMap, body: Body) -> Response {
     if headers.get(refill::TRANSPORT_HEADER).map(|v| v.as_bytes())
         != Some(refill::TRANSPORT_VERSION.as_bytes())
     {
         d.metrics.http_reject("bad_transport_header");
         return ApiError::bad_request(refill::TRANSPORT_REQUIRED).into_response();
     }
-    let limit = d.cfg.receive.max_body_bytes;
+    let limit = d.max_body_bytes;
     let too_large = || {
         d.metrics.reject("body_too_large");
         ApiError {
@@ -278,7 +278,7 @@ pub async fn receive(State(d): State<Arc<Daemon>>, headers: HeaderMap, body: Bod
         None => return too_large(),
     };
     // `bytes` is a SecretBytes: our copy of the packet is zeroed as it drops.
-    let result = d.receive(bytes.expose());
+    let result = d.supply.intake.receive(bytes.expose());
     drop(bytes);
     match result {
         Ok((nonce, n)) => Json(serde_json::json!({
@@ -289,8 +289,8 @@ pub async fn receive(State(d): State<Arc<Daemon>>, headers: HeaderMap, body: Bod
         .into_response(),
         Err(e) => {
             let status = match &e {
-                crate::daemon::ReceiveError::Pool(_) => StatusCode::SERVICE_UNAVAILABLE,
-                crate::daemon::ReceiveError::Rejected(Reject::Decode(
+                crate::supply::ReceiveError::Pool(_) => StatusCode::SERVICE_UNAVAILABLE,
+                crate::supply::ReceiveError::Rejected(Reject::Decode(
                     crate::wire::DecodeError::TooLarge { .. },
                 )) => StatusCode::PAYLOAD_TOO_LARGE,
                 _ => StatusCode::BAD_REQUEST,
@@ -338,7 +338,7 @@ async fn read_limited(body: Body, limit: usize) -> Option<crate::secret::SecretB
 }
 
 /// `POST /api/rng/receive` on the plain shim: refused, with the reason.
-pub async fn receive_on_plain(State(d): State<Arc<Daemon>>) -> ApiError {
+pub async fn receive_on_plain(State(d): State<Arc<Handles>>) -> ApiError {
     d.metrics.http_reject("receive_without_mtls");
     ApiError {
         status: StatusCode::FORBIDDEN,
@@ -355,12 +355,12 @@ pub async fn receive_on_plain(State(d): State<Arc<Daemon>>) -> ApiError {
         (status = 403, description = "Client not in http.allow", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
     ))]
-pub async fn health(State(d): State<Arc<Daemon>>) -> Json<serde_json::Value> {
+pub async fn health(State(d): State<Arc<Handles>>) -> Json<serde_json::Value> {
     let pool = d.pool.snapshot();
-    let hubs = d.hubs();
-    let fallback = d.fallback_active();
-    let sources = d.source_quality();
-    let low = pool.total_bytes < d.cfg.pool.low_watermark_bytes;
+    let hubs = d.supply.hubs.status();
+    let fallback = d.supply.fallback.active();
+    let sources = d.supply.source_quality();
+    let low = pool.total_bytes < d.low_watermark_bytes;
     let poor = sources.iter().any(|(_, q, _)| *q < 0.9);
     let status = if pool.total_bytes == 0 && (fallback || !hubs.iter().any(|h| h.reachable)) {
         "critical"
@@ -386,11 +386,11 @@ pub async fn health(State(d): State<Arc<Daemon>>) -> Json<serde_json::Value> {
         .collect();
     Json(serde_json::json!({
         "status": status,
-        "daemon_id": d.cfg.id,
+        "daemon_id": d.id,
         "pool": pool,
-        "low_watermark_bytes": d.cfg.pool.low_watermark_bytes,
+        "low_watermark_bytes": d.low_watermark_bytes,
         "hubs": hubs,
-        "last_packet_age_seconds": d.last_packet_age().map(|a| a.as_secs_f64()),
+        "last_packet_age_seconds": d.supply.intake.last_packet_age().map(|a| a.as_secs_f64()),
         "fallback_active": fallback,
         "sources": sources,
         "memory": {
@@ -399,8 +399,8 @@ pub async fn health(State(d): State<Arc<Daemon>>) -> Json<serde_json::Value> {
             "pool_secret_memory": d.pool.secret_memory(),
         },
         "uptime_seconds": d.started.elapsed().as_secs(),
-        "device": d.device_status(),
-        "kernel_feeder": d.kernel_status(),
+        "device": d.device.borrow().clone(),
+        "kernel_feeder": d.kernel.borrow().clone(),
     }))
 }
 
@@ -411,7 +411,7 @@ pub async fn health(State(d): State<Arc<Daemon>>) -> Json<serde_json::Value> {
         (status = 403, description = "Client not in http.allow", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
     ))]
-pub async fn stats(State(d): State<Arc<Daemon>>) -> Json<serde_json::Value> {
+pub async fn stats(State(d): State<Arc<Handles>>) -> Json<serde_json::Value> {
     let m = &d.metrics;
     let pool = d.pool.snapshot();
     let admitted: BTreeMap<_, _> = Provenance::ALL
@@ -461,7 +461,7 @@ pub async fn stats(State(d): State<Arc<Daemon>>) -> Json<serde_json::Value> {
         "packets_accepted": m.packets_accepted.get(),
         "packets_rejected": rejected,
         "requests": requests,
-        "replay_cache_entries": d.verifier.replay_cache_len(),
+        "replay_cache_entries": d.supply.intake.verifier.replay_cache_len(),
         "tls_handshake_failures": m.tls_handshake_failures.get(),
     }))
 }
@@ -475,7 +475,7 @@ pub async fn stats(State(d): State<Arc<Daemon>>) -> Json<serde_json::Value> {
         (status = 403, description = "Client not in http.allow", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
     ))]
-pub async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
+pub async fn metrics(State(d): State<Arc<Handles>>) -> Response {
     d.metrics.set_pool(&d.pool.snapshot());
     (
         [(

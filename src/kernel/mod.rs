@@ -20,18 +20,36 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use crate::config::KernelFeedConfig;
-use crate::daemon::Daemon;
-use crate::pool::{Consumer, TakeCounts, Want};
+use crate::metrics::ConsumerMetrics;
+use crate::pool::{Pool, TakeCounts, Want};
 use crate::wire::Provenance;
 
 pub const RANDOM_PATH: &str = "/dev/random";
 
+/// The feeder's phase.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeederState {
+    /// `kernel.enabled = false`, or not started yet.
+    #[default]
+    Off,
+    /// 5.18+ driver, CRNG not ready yet: crediting entropy.
+    Crediting,
+    /// 5.18+ driver, CRNG ready: mixing and reseeding every interval.
+    Running,
+    /// Pre-5.18 driver: crediting whenever the kernel asks, as rngd does.
+    Legacy,
+    /// Cannot feed in this process (e.g. no CAP_SYS_ADMIN); takes no bytes.
+    Failed,
+}
+
 /// What the feeder is doing, for `/api/rng/health`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FeederStatus {
-    /// `off`, `crediting`, `running`, `legacy` (pre-5.18 driver) or `failed`.
-    pub state: &'static str,
+    pub state: FeederState,
     pub bytes_fed_total: u64,
     pub bits_credited_total: u64,
     pub reseeds_total: u64,
@@ -191,19 +209,19 @@ impl Feeder {
     /// RNDADDENTROPY goes first, so a refusal costs no pool bytes.
     pub fn feed_from_pool(
         &self,
-        d: &Daemon,
-        cfg: &KernelFeedConfig,
+        feed: &KernelFeed,
         n: usize,
         credit: bool,
     ) -> Result<Option<Fed>, FeedError> {
         self.add(&[], 0)?;
         let mut buf = zeroize::Zeroizing::new(vec![0u8; n]);
-        let Ok(by) = d.pool.take_into(&mut buf, Want::Any, false) else {
+        let Ok(by) = feed.pool.take_into(&mut buf, Want::Any, false) else {
             return Ok(None);
         };
         let got = by.total();
-        d.metrics.served(Consumer::Kernel.as_str(), got);
-        d.metrics.request(Consumer::Kernel.as_str(), "ok");
+        feed.metrics.served(got);
+        feed.metrics.ok();
+        let cfg = &feed.cfg;
         let bits = if credit {
             credit_bits(&by, cfg.credit_bits_per_byte, cfg.credit_local)
         } else {
@@ -218,13 +236,6 @@ impl Feeder {
             entropy_before,
             entropy_after,
         }))
-    }
-}
-
-async fn wait_for_pool(d: &Daemon) {
-    tokio::select! {
-        () = d.pool.arrived() => {}
-        () = tokio::time::sleep(Duration::from_secs(1)) => {}
     }
 }
 
@@ -255,129 +266,199 @@ impl Backoff {
     }
 }
 
+/// What the feeder task is given: the pool to take from, the `consumer="kernel"` counters, and
+/// where to publish its status.
+#[derive(Debug)]
+pub struct KernelFeed {
+    pub cfg: KernelFeedConfig,
+    pub pool: Arc<Pool>,
+    pub metrics: ConsumerMetrics,
+    pub status: watch::Sender<FeederStatus>,
+}
+
+/// The running feeder's state between rounds.
+struct Task {
+    feed: KernelFeed,
+    feeder: Feeder,
+    budget: Budget,
+    backoff: Backoff,
+    ready_sent: bool,
+}
+
+/// How one round ended.
+enum Round {
+    /// Bytes went in (and, when asked, the CRNG was reseeded after).
+    Fed(Fed),
+    /// Nothing to do yet (budget spent, or the pool empty and waited on).
+    Idle,
+    /// A failure was recorded; wait this long.
+    Failed(Duration),
+    /// The feeder cannot work in this process and has stopped.
+    Stopped,
+}
+
 /// The feeder task: runs until aborted. Failures are logged, shown in health, and retried after
 /// a backoff; a refusal for want of CAP_SYS_ADMIN stops the feeder (state `failed`) for good.
-pub async fn run(d: Arc<Daemon>) {
-    let cfg = d.cfg.kernel.clone();
+pub async fn run(feed: KernelFeed) {
     if has_cap_sys_admin() == Some(false) {
-        stop_failed(&d, &FeedError::MissingCapability);
+        stop_failed(&feed.status, &FeedError::MissingCapability);
         return;
     }
     let feeder = match Feeder::open() {
         Ok(f) => f,
         Err(e) => {
-            stop_failed(&d, &e);
+            stop_failed(&feed.status, &e);
             return;
         }
     };
-    let modern = modern_driver();
-    let mut budget = Budget::new(cfg.budget_bytes_per_minute);
-    let mut backoff = Backoff::new(Duration::from_secs(cfg.interval_secs.max(60)));
-    let mut ready_sent = false;
-    let mut seeded = |d: &Daemon, status: String| {
-        if !ready_sent {
-            crate::service::notify::send(&format!("READY=1\nSTATUS={status}"));
-            ready_sent = true;
-        } else {
-            crate::service::notify::send(&format!("STATUS={status}"));
-        }
-        let _ = d;
+    let mut task = Task {
+        budget: Budget::new(feed.cfg.budget_bytes_per_minute),
+        backoff: Backoff::new(Duration::from_secs(feed.cfg.interval_secs.max(60))),
+        feed,
+        feeder,
+        ready_sent: false,
     };
-    d.set_kernel_status(|s| s.state = if modern { "crediting" } else { "legacy" });
-    // Phase 1 (5.18+): credit until the CRNG is ready. Legacy: credit whenever the kernel asks.
-    loop {
-        if modern && ioctl::crng_ready() {
-            break;
+    if modern_driver() {
+        if task.credit_until_ready().await {
+            task.mix_and_reseed().await;
         }
-        if !modern {
-            wait_writable(&feeder).await;
-        }
-        let n = budget.allow(cfg.feed_bytes, Instant::now());
-        if n == 0 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        }
-        match feeder.feed_from_pool(&d, &cfg, n, true) {
-            Ok(Some(f)) => {
-                backoff.succeeded();
-                budget.spend(f.bytes);
-                record(&d, &f, false);
-                tracing::info!(
-                    bytes = f.bytes,
-                    credited_bits = f.bits,
-                    entropy_avail_before = f.entropy_before,
-                    entropy_avail_after = f.entropy_after,
-                    "kernel pool credited"
-                );
-                if !modern {
-                    seeded(&d, format!("fed the kernel {} bytes", f.bytes));
-                }
-            }
-            Ok(None) => wait_for_pool(&d).await,
-            Err(e @ FeedError::NotPermitted { .. }) => {
-                stop_failed(&d, &e);
-                return;
-            }
-            Err(e) => {
-                fail(&d, &e);
-                tokio::time::sleep(backoff.failed()).await;
-            }
-        }
-        if modern {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    } else {
+        task.legacy().await;
+    }
+}
+
+impl Task {
+    fn set_state(&self, state: FeederState) {
+        self.feed.status.send_modify(|s| s.state = state);
+    }
+
+    /// Tells systemd: READY=1 with the first seeding, the status line after.
+    fn seeded(&mut self, status: String) {
+        if self.ready_sent {
+            crate::service::notify::send(&format!("STATUS={status}"));
+        } else {
+            crate::service::notify::send(&format!("READY=1\nSTATUS={status}"));
+            self.ready_sent = true;
         }
     }
-    // Phase 2 (5.18+): mix and reseed every interval. Every path through the loop waits.
-    d.set_kernel_status(|s| s.state = "running");
-    let mut wait = Duration::ZERO;
-    loop {
-        tokio::time::sleep(wait).await;
-        let n = budget.allow(cfg.feed_bytes, Instant::now());
+
+    /// Takes at most the budget's allowance and feeds it, crediting if `credit`, reseeding
+    /// after if `reseed`. Records the outcome.
+    async fn round(&mut self, credit: bool, reseed: bool) -> Round {
+        let n = self.budget.allow(self.feed.cfg.feed_bytes, Instant::now());
         if n == 0 {
-            wait = Duration::from_secs(1);
-            continue;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return Round::Idle;
         }
-        let fed = match feeder.feed_from_pool(&d, &cfg, n, false) {
-            Ok(Some(f)) => f,
+        let f = &self.feed;
+        let fed = match self.feeder.feed_from_pool(f, n, credit) {
+            Ok(Some(fed)) => fed,
             Ok(None) => {
-                wait_for_pool(&d).await;
-                wait = Duration::ZERO;
-                continue;
+                tokio::select! {
+                    () = f.pool.arrived() => {}
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                return Round::Idle;
             }
             Err(e @ FeedError::NotPermitted { .. }) => {
-                stop_failed(&d, &e);
-                return;
+                stop_failed(&f.status, &e);
+                return Round::Stopped;
             }
-            Err(e) => {
-                fail(&d, &e);
-                wait = backoff.failed();
-                continue;
-            }
+            Err(e) => return self.failed(&e),
         };
-        budget.spend(fed.bytes);
-        match feeder.reseed() {
+        self.budget.spend(fed.bytes);
+        if !reseed {
+            self.backoff.succeeded();
+            record(&self.feed.status, &fed, false);
+            return Round::Fed(fed);
+        }
+        match self.feeder.reseed() {
             Ok(()) => {
-                backoff.succeeded();
-                record(&d, &fed, true);
-                tracing::info!(bytes = fed.bytes, "kernel CRNG reseeded (RNDRESEEDCRNG)");
-                seeded(
-                    &d,
-                    format!("kernel CRNG reseeded from {} verified bytes", fed.bytes),
-                );
-                wait = Duration::from_secs(cfg.interval_secs);
+                self.backoff.succeeded();
+                record(&self.feed.status, &fed, true);
+                Round::Fed(fed)
             }
             Err(e) => {
                 // The bytes went in (mixed, uncredited); only the reseed failed.
-                record(&d, &fed, false);
-                fail(&d, &e);
-                wait = backoff.failed();
+                record(&self.feed.status, &fed, false);
+                self.failed(&e)
+            }
+        }
+    }
+
+    fn failed(&mut self, e: &FeedError) -> Round {
+        tracing::error!(error = %e, "kernel feeder");
+        self.feed
+            .status
+            .send_modify(|s| s.last_error = Some(e.to_string()));
+        Round::Failed(self.backoff.failed())
+    }
+
+    /// 5.18+, phase 1: credit until the CRNG is ready. False when the feeder stopped.
+    async fn credit_until_ready(&mut self) -> bool {
+        self.set_state(FeederState::Crediting);
+        while !ioctl::crng_ready() {
+            match self.round(true, false).await {
+                Round::Fed(f) => log_credited(&f),
+                Round::Idle => {}
+                Round::Failed(wait) => tokio::time::sleep(wait).await,
+                Round::Stopped => return false,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        true
+    }
+
+    /// 5.18+, phase 2: mix and reseed every interval. Every path through the loop waits.
+    async fn mix_and_reseed(&mut self) {
+        self.set_state(FeederState::Running);
+        loop {
+            match self.round(false, true).await {
+                Round::Fed(f) => {
+                    tracing::info!(bytes = f.bytes, "kernel CRNG reseeded (RNDRESEEDCRNG)");
+                    self.seeded(format!(
+                        "kernel CRNG reseeded from {} verified bytes",
+                        f.bytes
+                    ));
+                    tokio::time::sleep(Duration::from_secs(self.feed.cfg.interval_secs)).await;
+                }
+                Round::Idle => {}
+                Round::Failed(wait) => tokio::time::sleep(wait).await,
+                Round::Stopped => return,
+            }
+        }
+    }
+
+    /// Pre-5.18: credit whenever the kernel asks (its write wakeup threshold), as rngd does.
+    async fn legacy(&mut self) {
+        self.set_state(FeederState::Legacy);
+        loop {
+            wait_writable(&self.feeder).await;
+            match self.round(true, false).await {
+                Round::Fed(f) => {
+                    log_credited(&f);
+                    self.seeded(format!("fed the kernel {} bytes", f.bytes));
+                }
+                Round::Idle => {}
+                Round::Failed(wait) => tokio::time::sleep(wait).await,
+                Round::Stopped => return,
             }
         }
     }
 }
 
-fn record(d: &Daemon, f: &Fed, reseeded: bool) {
-    d.set_kernel_status(|s| {
+fn log_credited(f: &Fed) {
+    tracing::info!(
+        bytes = f.bytes,
+        credited_bits = f.bits,
+        entropy_avail_before = f.entropy_before,
+        entropy_avail_after = f.entropy_after,
+        "kernel pool credited"
+    );
+}
+
+fn record(status: &watch::Sender<FeederStatus>, f: &Fed, reseeded: bool) {
+    status.send_modify(|s| {
         s.bytes_fed_total += f.bytes as u64;
         s.bits_credited_total += u64::from(f.bits);
         s.reseeds_total += u64::from(reseeded);
@@ -385,16 +466,11 @@ fn record(d: &Daemon, f: &Fed, reseeded: bool) {
     });
 }
 
-fn fail(d: &Daemon, e: &FeedError) {
-    tracing::error!(error = %e, "kernel feeder");
-    d.set_kernel_status(|s| s.last_error = Some(e.to_string()));
-}
-
 /// The feeder cannot work in this process: state `failed`, said once, no byte taken.
-fn stop_failed(d: &Daemon, e: &FeedError) {
+fn stop_failed(status: &watch::Sender<FeederStatus>, e: &FeedError) {
     tracing::error!(error = %e, "kernel feeder disabled");
-    d.set_kernel_status(|s| {
-        s.state = "failed";
+    status.send_modify(|s| {
+        s.state = FeederState::Failed;
         s.last_error = Some(e.to_string());
     });
 }
@@ -459,7 +535,7 @@ mod tests {
     /// it, whatever the fallback flag says now; hub-delivered bytes are.
     #[test]
     fn restored_fallback_segments_and_fallback_fills_are_never_credited() {
-        use crate::device::testing::{fill, local_daemon};
+        use crate::demo::testing::{fill, local_daemon};
         use crate::pool::persist::{PoolKey, SealedFile};
         use crate::secret::SecretBytes;
 
@@ -477,7 +553,7 @@ mod tests {
         assert_eq!(d.pool.restore(unsealed), 160);
         assert_eq!(fill(&d, 40), 40);
         // The fallback has ended (or never began in this run) but its bytes are still here.
-        assert!(!d.fallback_active());
+        assert!(!d.supply.fallback.active());
         let mut buf = vec![0u8; 200];
         let by = d
             .pool

@@ -30,7 +30,8 @@ use std::time::Duration;
 use crate::config::QuantumConfig;
 use crate::crypto::falcon::{KeyId, SigningKey};
 use crate::crypto::mldsa;
-use crate::daemon::Daemon;
+use crate::metrics::ConsumerMetrics;
+use crate::pool::Pool;
 use crate::pool::Want;
 use crate::secret::SecretBytes;
 use keystore::{AtRestKey, Kind};
@@ -236,48 +237,59 @@ fn load_or_create<K: SealedSigner>(
     Ok(k)
 }
 
-/// Loads (or creates) the service keys for `d`; returns the task that makes the VRF key from
-/// pool entropy when it does not exist yet. Does nothing without a `[quantum]` section.
-pub fn start(d: &Arc<Daemon>) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    let Some(cfg) = d.cfg.quantum.clone() else {
+/// Loads (or creates) the service keys into `keys`; returns the task that makes the VRF key
+/// from pool entropy (counted under `metrics`, consumer `keys`) when it does not exist yet. Does
+/// nothing without a `[quantum]` section.
+pub fn start(
+    cfg: Option<&QuantumConfig>,
+    keys: &Arc<Keys>,
+    pool: &Arc<Pool>,
+    metrics: ConsumerMetrics,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(cfg) = cfg.cloned() else {
         tracing::info!("no [quantum] section: the /quantum endpoints answer 503");
         return Ok(None);
     };
     let at_rest = AtRestKey::from_config(&cfg)?;
     keystore::ensure_dir(&cfg.state_dir)?;
     let falcon = load_or_create::<SigningKey>(&cfg, &at_rest)?;
-    let _ = d.quantum.falcon.set(falcon);
+    let _ = keys.falcon.set(falcon);
     let ml_dsa = load_or_create::<mldsa::SigningKey>(&cfg, &at_rest)?;
-    let _ = d.quantum.ml_dsa.set(ml_dsa);
+    let _ = keys.ml_dsa.set(ml_dsa);
     if let Some(k) = load_vrf(&cfg, &at_rest)? {
         tracing::info!(public_key = %hex::encode(k.public_key()), "loaded the VRF key");
-        d.quantum.set_vrf(k);
+        keys.set_vrf(k);
         return Ok(None);
     }
     let classes: Vec<&str> = cfg.keygen_provenance.iter().map(|p| p.as_str()).collect();
-    *d.quantum.pending.lock().unwrap_or_else(|e| e.into_inner()) =
-        Pending::WaitingForEntropy(format!(
-            "the VRF key is not generated yet: kirqd is waiting for {} bytes of verified entropy \
+    *keys.pending.lock().unwrap_or_else(|e| e.into_inner()) = Pending::WaitingForEntropy(format!(
+        "the VRF key is not generated yet: kirqd is waiting for {} bytes of verified entropy \
              of provenance {} in its pool",
-            vrf::SECRET_KEY_BYTES,
-            classes.join(" or ")
-        ));
+        vrf::SECRET_KEY_BYTES,
+        classes.join(" or ")
+    ));
     tracing::warn!(
         provenance = %classes.join(","),
         "no VRF key yet: it will be made from the first suitable pool entropy"
     );
-    Ok(Some(tokio::spawn(vrf_keygen_task(d.clone(), cfg, at_rest))))
+    let task = vrf_keygen_task(keys.clone(), pool.clone(), metrics, cfg, at_rest);
+    Ok(Some(tokio::spawn(task)))
 }
 
 /// Waits for suitable pool bytes, makes the VRF key from them, seals it, and publishes it.
-async fn vrf_keygen_task(d: Arc<Daemon>, cfg: QuantumConfig, at_rest: AtRestKey) {
+async fn vrf_keygen_task(
+    keys: Arc<Keys>,
+    pool: Arc<Pool>,
+    metrics: ConsumerMetrics,
+    cfg: QuantumConfig,
+    at_rest: AtRestKey,
+) {
     loop {
         for &class in &cfg.keygen_provenance {
-            let Ok(taken) = d.pool.take(vrf::SECRET_KEY_BYTES, Want::Only(class)) else {
+            let Ok(taken) = pool.take(vrf::SECRET_KEY_BYTES, Want::Only(class)) else {
                 continue;
             };
-            d.metrics
-                .served(crate::pool::Consumer::Keys.as_str(), taken.bytes.len());
+            metrics.served(taken.bytes.len());
             match make_vrf_key(&cfg, &at_rest, taken.bytes) {
                 Ok(k) => {
                     tracing::info!(
@@ -285,7 +297,7 @@ async fn vrf_keygen_task(d: Arc<Daemon>, cfg: QuantumConfig, at_rest: AtRestKey)
                         public_key = %hex::encode(k.public_key()),
                         "generated the VRF key from verified pool entropy and sealed it at rest"
                     );
-                    d.quantum.set_vrf(k);
+                    keys.set_vrf(k);
                     return;
                 }
                 Err(e) => {
@@ -295,7 +307,7 @@ async fn vrf_keygen_task(d: Arc<Daemon>, cfg: QuantumConfig, at_rest: AtRestKey)
             }
         }
         tokio::select! {
-            _ = d.pool.arrived() => {}
+            _ = pool.arrived() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }

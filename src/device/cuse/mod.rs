@@ -329,7 +329,7 @@ fn serve(
 mod tests {
     use super::request::tests::msg;
     use super::*;
-    use crate::device::testing::{fill, local_daemon};
+    use crate::demo::testing::{fill, local_daemon};
 
     #[derive(Default)]
     struct Sent(Mutex<Vec<Vec<u8>>>);
@@ -370,7 +370,7 @@ mod tests {
         Arc<Server>,
     ) {
         let (dir, d) = local_daemon();
-        let core = DeviceCore::new(d.clone(), 0);
+        let core = d.device_core(0);
         let sent = Arc::new(Sent::default());
         let srv = Server::new(
             core.clone(),

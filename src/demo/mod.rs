@@ -6,6 +6,8 @@
 //! `local`: the demo shows the delivery path, not quantum entropy. For the same reason the demo
 //! lets its VRF key be made from `local` pool bytes.
 
+pub mod testing;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
@@ -177,10 +179,10 @@ pub async fn run(
     let hub = crate::hub::start(hub_cfg, key).await?;
     let daemon = crate::daemon::start(daemon_cfg, hardening).await?;
     let http = daemon.http_addr.unwrap_or(listen);
-    let device = daemon.daemon.device_status();
+    let device = daemon.daemon.device_status.borrow().clone();
     let mut link = None;
     if let (Some(d), Some(node)) = (&device_dir, &device.path)
-        && device.mode == "cuse"
+        && device.mode == crate::device::Face::Cuse
     {
         let l = d.join(&daemon.daemon.cfg.device.name);
         std::fs::create_dir_all(d)?;
@@ -230,7 +232,11 @@ pub async fn run(
                 s.admitted_bytes_total,
                 s.served_bytes_total,
                 d.metrics.packets_accepted.get(),
-                if d.fallback_active() { "ACTIVE" } else { "off" },
+                if d.supply.fallback.active() {
+                    "ACTIVE"
+                } else {
+                    "off"
+                },
             );
         }
     });
