@@ -117,7 +117,7 @@ fn main() {
             let p = kirq::wire::sample_packet(&key, &dcfg.id, 65536, kirq::wire::SourceKind::Qrng);
             d.receive(&p.encode_signed(&key)).unwrap();
         }
-        let kirq_addr = serve(kirq::http::app(d.handles())).await;
+        let kirq_addr = serve(kirq::http::router(d.handles())).await;
         let base_addr = serve(baseline_app()).await;
         println!(
             "POST /api/rng/random, 32 bytes, {CONNECTIONS} keep-alive connections, {dur:?} each"

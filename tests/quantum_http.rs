@@ -42,7 +42,7 @@ fn fixture(allow_local: bool) -> Fixture {
     };
     let d = Arc::new(Daemon::new(cfg, vec![], hardening));
     let task = d.start_quantum().unwrap();
-    let app = kirq::http::app(d.handles())
+    let app = kirq::http::router(d.handles())
         .layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
     Fixture {
         d,
@@ -471,8 +471,8 @@ async fn quantum_endpoints_answer_503_without_a_quantum_section() {
     };
     let d = Arc::new(Daemon::new(cfg, vec![], hardening));
     assert!(d.start_quantum().unwrap().is_none());
-    let app =
-        kirq::http::app(d.handles()).layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 1))));
+    let app = kirq::http::router(d.handles())
+        .layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 1))));
     let (s, v) = call(
         &app,
         "POST",
@@ -502,7 +502,7 @@ async fn quantum_endpoints_share_the_allowlist_and_rate_limit() {
     };
     let d = Arc::new(Daemon::new(cfg, vec![], hardening));
     let _task = d.start_quantum().unwrap();
-    let app = kirq::http::app(d.handles());
+    let app = kirq::http::router(d.handles());
     let local = app
         .clone()
         .layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 2))));

@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&sel, body)) = data.split_first() else {
         return;
     };
-    let app = kirq::http::app(kirq_fuzz::daemon().handles());
+    let app = kirq::http::router(kirq_fuzz::daemon().handles());
     let req = Request::builder()
         .method("POST")
         .uri(PATHS[usize::from(sel) % PATHS.len()])

@@ -13,12 +13,16 @@ fuzz_target!(|data: &[u8]| {
     };
     let d = kirq_fuzz::daemon().clone();
     let (method, path, app) = match sel % 6 {
-        0 => ("POST", "/api/rng/random", kirq::http::app(d.handles())),
-        1 => ("POST", "/api/rng/receive", kirq::http::app(d.handles())),
-        2 => ("GET", "/api/rng/health", kirq::http::app(d.handles())),
-        3 => ("GET", "/api/rng/stats", kirq::http::app(d.handles())),
-        4 => ("GET", "/metrics", kirq::http::app(d.handles())),
-        _ => ("POST", "/api/rng/receive", kirq::http::receive_router(d.handles())),
+        0 => ("POST", "/api/rng/random", kirq::http::router(d.handles())),
+        1 => ("POST", "/api/rng/receive", kirq::http::router(d.handles())),
+        2 => ("GET", "/api/rng/health", kirq::http::router(d.handles())),
+        3 => ("GET", "/api/rng/stats", kirq::http::router(d.handles())),
+        4 => ("GET", "/metrics", kirq::http::router(d.handles())),
+        _ => (
+            "POST",
+            "/api/rng/receive",
+            kirq::http::receive_router(d.handles()),
+        ),
     };
     let req = Request::builder()
         .method(method)
@@ -31,7 +35,10 @@ fuzz_target!(|data: &[u8]| {
                 "application/octet-stream"
             },
         )
-        .header(kirq::wire::refill::TRANSPORT_HEADER, kirq::wire::refill::TRANSPORT_VERSION)
+        .header(
+            kirq::wire::refill::TRANSPORT_HEADER,
+            kirq::wire::refill::TRANSPORT_VERSION,
+        )
         .extension(kirq_fuzz::loopback_peer())
         .body(Body::from(body.to_vec()))
         .unwrap();

@@ -77,7 +77,7 @@ pub fn daemon() -> &'static Arc<Daemon> {
         })
         .1;
     if d.pool.len() < 256 * 1024 {
-        kirq::device::testing::fill(d, (d.pool.capacity() - d.pool.len()).min(1 << 20));
+        kirq::demo::testing::fill(d, (d.pool.capacity() - d.pool.len()).min(1 << 20));
     }
     d
 }

@@ -174,7 +174,7 @@ pub async fn start(
                 .await
                 .with_context(|| format!("cannot listen on http.listen = {addr}"))?;
             let a = l.local_addr()?;
-            let app = crate::http::app(daemon.handles());
+            let app = crate::http::router(daemon.handles());
             let task = tokio::spawn(async move {
                 let svc = app.into_make_service_with_connect_info::<SocketAddr>();
                 let stopped = async move {

@@ -18,7 +18,7 @@ use crate::config::{DeviceConfig, DeviceMode};
 pub use self::core::DeviceCore;
 
 /// Which device face is up.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Face {
     /// A CUSE character device, `/dev/<name>`.
@@ -47,10 +47,11 @@ impl std::fmt::Display for Face {
 }
 
 /// What the device face is doing, for `/api/rng/health`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct DeviceStatus {
     pub mode: Face,
     /// The node or file readers open.
+    #[schema(value_type = Option<String>)]
     pub path: Option<PathBuf>,
     /// Why this mode (what `auto` found, or the error that left the device off).
     pub reason: String,
@@ -185,7 +186,7 @@ mod tests {
             ))))
             .body(axum::body::Body::empty())
             .expect("request");
-        let resp = crate::http::app(d.handles())
+        let resp = crate::http::router(d.handles())
             .oneshot(req)
             .await
             .expect("response");

@@ -127,7 +127,8 @@ impl HealthTester {
 }
 
 /// Status of a source for `/health`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = SourceState)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Up,

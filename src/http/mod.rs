@@ -1,6 +1,6 @@
 //! The HTTP faces of kirqd.
 //!
-//! [`app`] is the local shim for consumers (TAO Signal endpoints): `POST /api/rng/random`,
+//! [`router`] is the local shim for consumers (TAO Signal endpoints): `POST /api/rng/random`,
 //! `GET /api/rng/health`, `GET /api/rng/stats`, `GET /metrics`, the VRF, Falcon-512 and ML-DSA-65 endpoints
 //! under `/quantum/` ([`quantum`]) and its own OpenAPI document at `GET /openapi.json`
 //! ([`openapi`]). It binds to loopback by default
@@ -70,12 +70,22 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer of this face: `{"error": ..., "reason"?: ...}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What was wrong, naming the field for a bad request.
+    pub error: String,
+    /// A stable label for some errors (e.g. `pool_depleted`, `key_unavailable`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = serde_json::json!({ "error": self.message });
-        if let Some(r) = self.reason {
-            body["reason"] = r.into();
-        }
+        let body = ErrorBody {
+            error: self.message,
+            reason: self.reason,
+        };
         let mut resp = (self.status, axum::Json(body)).into_response();
         if let Some(s) = self.retry_after {
             resp.headers_mut()
@@ -86,7 +96,7 @@ impl IntoResponse for ApiError {
 }
 
 /// The consumer-facing shim.
-pub fn app(d: Handles) -> Router {
+pub fn router(d: Handles) -> Router {
     let d = Arc::new(d);
     let limiter = Arc::new(limit::Limiter::new(&d.http));
     Router::new()

@@ -2,9 +2,10 @@
 //!
 //! [`document`] is what `GET /openapi.json` serves, what `kirqd openapi` prints, and what the
 //! committed `openapi.json` must equal (a test compares them). The `/quantum/*` request schemas
-//! are built from the same tables the parsers use; the `/api/rng/*` handlers build their JSON by
-//! hand, so their response shapes are described here by schema-only types, and the schemathesis
-//! run against a live daemon checks that real answers match them.
+//! are built from the same tables the parsers use; the `/api/rng/*` handlers answer with the
+//! response types here (the one exception, `POST /api/rng/random`, writes [`RandomResponse`]'s
+//! shape by hand so no JSON value ever holds the secret), and the schemathesis run against a live
+//! daemon checks that real answers match them.
 
 use std::collections::BTreeMap;
 
@@ -75,23 +76,18 @@ pub struct RandomResponse {
 /// `POST /api/rng/receive` answer (mutual-TLS listener).
 #[derive(Debug, serde::Serialize, ToSchema)]
 pub struct ReceiveResponse {
-    #[schema(example = "accepted")]
-    pub status: String,
+    pub status: Accepted,
     /// The packet's nonce, hex.
     pub id: String,
     /// Entropy bytes admitted to the pool.
     pub bytes: u64,
 }
 
-/// The pool as `/api/rng/health` reports it.
+/// The outcome named in a `POST /api/rng/receive` success.
 #[derive(Debug, serde::Serialize, ToSchema)]
-pub struct PoolSnapshot {
-    pub total_bytes: u64,
-    pub capacity_bytes: u64,
-    pub fallback_bytes: u64,
-    pub by_provenance: BTreeMap<String, u64>,
-    pub admitted_bytes_total: u64,
-    pub served_bytes_total: u64,
+#[serde(rename_all = "lowercase")]
+pub enum Accepted {
+    Accepted,
 }
 
 /// One hub as the daemon sees it.
@@ -107,15 +103,7 @@ pub struct HubHealth {
 #[derive(Debug, serde::Serialize, ToSchema)]
 pub struct SourceHealth {
     pub quality: f64,
-    pub status: SourceState,
-}
-
-#[derive(Debug, serde::Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceState {
-    Up,
-    Degraded,
-    Quarantined,
+    pub status: crate::health::Status,
 }
 
 #[derive(Debug, serde::Serialize, ToSchema)]
@@ -139,7 +127,7 @@ pub struct Hardening {
 pub struct HealthResponse {
     pub status: HealthStatus,
     pub daemon_id: String,
-    pub pool: PoolSnapshot,
+    pub pool: crate::pool::Snapshot,
     pub low_watermark_bytes: u64,
     pub hubs: Vec<HubHealth>,
     pub last_packet_age_seconds: Option<f64>,
@@ -147,6 +135,8 @@ pub struct HealthResponse {
     pub sources: BTreeMap<String, SourceHealth>,
     pub memory: Hardening,
     pub uptime_seconds: u64,
+    pub device: crate::device::DeviceStatus,
+    pub kernel_feeder: crate::kernel::FeederStatus,
 }
 
 /// `GET /api/rng/stats` answer: counters read back from the metrics.
@@ -204,8 +194,8 @@ struct ApiDoc;
 #[utoipa::path(get, path = "/openapi.json", tag = "meta",
     responses(
         (status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json"),
-        (status = 403, description = "Client not in http.allow", body = quantum::ErrorBody),
-        (status = 429, description = "Rate limited", body = quantum::ErrorBody),
+        (status = 403, description = "Client not in http.allow", body = super::ErrorBody),
+        (status = 429, description = "Rate limited", body = super::ErrorBody),
     ))]
 pub async fn openapi_json() -> axum::response::Response {
     use axum::response::IntoResponse;

@@ -25,8 +25,7 @@ use utoipa::openapi::schema::{
 };
 use utoipa::{PartialSchema, ToSchema};
 
-use super::ApiError;
-use super::Handles;
+use super::{ApiError, ErrorBody, Handles};
 use crate::config::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::crypto::falcon;
 use crate::crypto::mldsa;
@@ -289,16 +288,6 @@ fn length_message(name: &str, lo: usize, hi: usize) -> String {
     } else {
         format!("field `{name}` must decode to {lo}..={hi} bytes")
     }
-}
-
-/// An error body: `{"error": ..., "reason"?: ...}`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// What was wrong, naming the field for a bad request.
-    pub error: String,
-    /// A stable label for some errors (e.g. `pool_depleted`, `key_unavailable`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
 }
 
 /// `POST /quantum/vrf` answer.

@@ -12,14 +12,15 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use zeroize::Zeroizing;
 
-use super::ApiError;
-use super::Handles;
 #[allow(unused_imports)] // named only by the OpenAPI annotations
+use super::ErrorBody;
+use super::openapi::{Accepted, ReceiveResponse};
 use super::openapi::{
-    HealthResponse, RandomRequestBody, RandomResponse, ReceiveResponse, StatsResponse,
+    Hardening, HealthResponse, HealthStatus, HubHealth, SourceHealth, StatsResponse,
 };
 #[allow(unused_imports)] // named only by the OpenAPI annotations
-use super::quantum::ErrorBody;
+use super::openapi::{RandomRequestBody, RandomResponse};
+use super::{ApiError, Handles};
 use crate::pool::{Consumer, PoolError, Want};
 use crate::verify::Reject;
 use crate::wire::Provenance;
@@ -281,11 +282,11 @@ pub async fn receive(State(d): State<Arc<Handles>>, headers: HeaderMap, body: Bo
     let result = d.supply.intake.receive(bytes.expose());
     drop(bytes);
     match result {
-        Ok((nonce, n)) => Json(serde_json::json!({
-            "status": "accepted",
-            "id": hex::encode(nonce),
-            "bytes": n,
-        }))
+        Ok((nonce, n)) => Json(ReceiveResponse {
+            status: Accepted::Accepted,
+            id: hex::encode(nonce),
+            bytes: n as u64,
+        })
         .into_response(),
         Err(e) => {
             let status = match &e {
@@ -355,7 +356,7 @@ pub async fn receive_on_plain(State(d): State<Arc<Handles>>) -> ApiError {
         (status = 403, description = "Client not in http.allow", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
     ))]
-pub async fn health(State(d): State<Arc<Handles>>) -> Json<serde_json::Value> {
+pub async fn health(State(d): State<Arc<Handles>>) -> Json<HealthResponse> {
     let pool = d.pool.snapshot();
     let hubs = d.supply.hubs.status();
     let fallback = d.supply.fallback.active();
@@ -363,45 +364,43 @@ pub async fn health(State(d): State<Arc<Handles>>) -> Json<serde_json::Value> {
     let low = pool.total_bytes < d.low_watermark_bytes;
     let poor = sources.iter().any(|(_, q, _)| *q < 0.9);
     let status = if pool.total_bytes == 0 && (fallback || !hubs.iter().any(|h| h.reachable)) {
-        "critical"
+        HealthStatus::Critical
     } else if fallback || low || poor {
-        "degraded"
+        HealthStatus::Degraded
     } else {
-        "ok"
+        HealthStatus::Ok
     };
-    let hubs: Vec<_> = hubs
-        .iter()
-        .map(|h| {
-            serde_json::json!({
-                "url": h.url,
-                "reachable": h.reachable,
-                "last_answer_age_seconds": h.last_answer.map(|t| t.elapsed().as_secs_f64()),
-                "last_error": h.last_error,
-            })
+    let hubs = hubs
+        .into_iter()
+        .map(|h| HubHealth {
+            last_answer_age_seconds: h.last_answer.map(|t| t.elapsed().as_secs_f64()),
+            url: h.url,
+            reachable: h.reachable,
+            last_error: h.last_error,
         })
         .collect();
-    let sources: BTreeMap<_, _> = sources
+    let sources = sources
         .into_iter()
-        .map(|(k, q, s)| (k, serde_json::json!({ "quality": q, "status": s })))
+        .map(|(k, quality, status)| (k, SourceHealth { quality, status }))
         .collect();
-    Json(serde_json::json!({
-        "status": status,
-        "daemon_id": d.id,
-        "pool": pool,
-        "low_watermark_bytes": d.low_watermark_bytes,
-        "hubs": hubs,
-        "last_packet_age_seconds": d.supply.intake.last_packet_age().map(|a| a.as_secs_f64()),
-        "fallback_active": fallback,
-        "sources": sources,
-        "memory": {
-            "no_core_dumps": d.hardening.no_core_dumps,
-            "memory_locked": d.hardening.memory_locked,
-            "pool_secret_memory": d.pool.secret_memory(),
+    Json(HealthResponse {
+        status,
+        daemon_id: d.id.clone(),
+        memory: Hardening {
+            no_core_dumps: d.hardening.no_core_dumps,
+            memory_locked: d.hardening.memory_locked,
+            pool_secret_memory: d.pool.secret_memory(),
         },
-        "uptime_seconds": d.started.elapsed().as_secs(),
-        "device": d.device.borrow().clone(),
-        "kernel_feeder": d.kernel.borrow().clone(),
-    }))
+        pool,
+        low_watermark_bytes: d.low_watermark_bytes as u64,
+        hubs,
+        last_packet_age_seconds: d.supply.intake.last_packet_age().map(|a| a.as_secs_f64()),
+        fallback_active: fallback,
+        sources,
+        uptime_seconds: d.started.elapsed().as_secs(),
+        device: d.device.borrow().clone(),
+        kernel_feeder: d.kernel.borrow().clone(),
+    })
 }
 
 /// `GET /api/rng/stats`: read back from the metrics counters.
@@ -411,14 +410,14 @@ pub async fn health(State(d): State<Arc<Handles>>) -> Json<serde_json::Value> {
         (status = 403, description = "Client not in http.allow", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
     ))]
-pub async fn stats(State(d): State<Arc<Handles>>) -> Json<serde_json::Value> {
+pub async fn stats(State(d): State<Arc<Handles>>) -> Json<StatsResponse> {
     let m = &d.metrics;
     let pool = d.pool.snapshot();
-    let admitted: BTreeMap<_, _> = Provenance::ALL
+    let admitted = Provenance::ALL
         .iter()
         .map(|p| {
             (
-                p.as_str(),
+                p.as_str().to_owned(),
                 m.admitted_bytes
                     .get_or_create(&[("provenance", p.as_str().into())])
                     .get(),
@@ -426,20 +425,20 @@ pub async fn stats(State(d): State<Arc<Handles>>) -> Json<serde_json::Value> {
         })
         .collect();
     let consumers = Consumer::ALL;
-    let served: BTreeMap<_, _> = consumers
+    let served = consumers
         .iter()
         .map(|c| {
             (
-                c.as_str(),
+                c.as_str().to_owned(),
                 m.served_bytes
                     .get_or_create(&[("consumer", c.as_str().into())])
                     .get(),
             )
         })
         .collect();
-    let rejected: BTreeMap<_, _> = Reject::REASONS
+    let rejected = Reject::REASONS
         .iter()
-        .map(|r| (*r, m.rejected_count(r)))
+        .map(|r| ((*r).to_owned(), m.rejected_count(r)))
         .collect();
     let mut requests = BTreeMap::new();
     for c in consumers {
@@ -453,17 +452,17 @@ pub async fn stats(State(d): State<Arc<Handles>>) -> Json<serde_json::Value> {
             }
         }
     }
-    Json(serde_json::json!({
-        "bytes_admitted": admitted,
-        "bytes_admitted_total": pool.admitted_bytes_total,
-        "bytes_served": served,
-        "bytes_served_total": pool.served_bytes_total,
-        "packets_accepted": m.packets_accepted.get(),
-        "packets_rejected": rejected,
-        "requests": requests,
-        "replay_cache_entries": d.supply.intake.verifier.replay_cache_len(),
-        "tls_handshake_failures": m.tls_handshake_failures.get(),
-    }))
+    Json(StatsResponse {
+        bytes_admitted: admitted,
+        bytes_admitted_total: pool.admitted_bytes_total,
+        bytes_served: served,
+        bytes_served_total: pool.served_bytes_total,
+        packets_accepted: m.packets_accepted.get(),
+        packets_rejected: rejected,
+        requests,
+        replay_cache_entries: d.supply.intake.verifier.replay_cache_len() as u64,
+        tls_handshake_failures: m.tls_handshake_failures.get(),
+    })
 }
 
 /// `GET /metrics`: Prometheus/OpenMetrics text.

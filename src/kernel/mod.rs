@@ -30,7 +30,7 @@ use crate::wire::Provenance;
 pub const RANDOM_PATH: &str = "/dev/random";
 
 /// The feeder's phase.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FeederState {
     /// `kernel.enabled = false`, or not started yet.
@@ -47,7 +47,7 @@ pub enum FeederState {
 }
 
 /// What the feeder is doing, for `/api/rng/health`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct FeederStatus {
     pub state: FeederState,
     pub bytes_fed_total: u64,

@@ -100,11 +100,13 @@ impl TakeCounts {
 }
 
 /// A point-in-time view of the pool for `/health` and metrics.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = PoolSnapshot)]
 pub struct Snapshot {
     pub total_bytes: usize,
     pub capacity_bytes: usize,
     pub fallback_bytes: usize,
+    #[schema(value_type = std::collections::BTreeMap<String, u64>)]
     pub by_provenance: std::collections::BTreeMap<&'static str, usize>,
     pub admitted_bytes_total: u64,
     pub served_bytes_total: u64,
