@@ -81,6 +81,30 @@ impl DaemonMetrics {
             http_ok: Counter::default(),
             http_served: Counter::default(),
         };
+        m.register_all(&mut registry);
+        m.create_fixed_labels();
+        let http_ok = m
+            .requests
+            .get_or_create(&[
+                ("consumer", "http".to_owned()),
+                ("outcome", "ok".to_owned()),
+            ])
+            .clone();
+        let http_served = m
+            .served_bytes
+            .get_or_create(&l1("consumer", "http"))
+            .clone();
+        Self {
+            registry,
+            http_ok,
+            http_served,
+            ..m
+        }
+    }
+
+    /// Names and describes every metric in `registry`.
+    fn register_all(&self, registry: &mut Registry) {
+        let m = self;
         registry.register(
             "entropy_pool_bytes",
             "Unserved bytes in the pool",
@@ -141,7 +165,7 @@ impl DaemonMetrics {
             "TLS handshakes refused or timed out on the packet listener",
             m.tls_handshake_failures.clone(),
         );
-        register_refusals(&mut registry, "packet", &m.tls_connections_refused);
+        register_refusals(registry, "packet", &m.tls_connections_refused);
         registry.register(
             "kirq_node_rounds",
             "Decentralized rounds with a node's receipt in admitted packets, by node",
@@ -158,6 +182,11 @@ impl DaemonMetrics {
             "HTTP API requests refused, by reason",
             m.http_rejected.clone(),
         );
+    }
+
+    /// Every reason and provenance class is exported from the start, at zero.
+    fn create_fixed_labels(&self) {
+        let m = self;
         for r in Reject::REASONS {
             let _ = m.packets_rejected.get_or_create(&l1("reason", r));
         }
@@ -168,23 +197,6 @@ impl DaemonMetrics {
             let _ = m
                 .admitted_bytes
                 .get_or_create(&l1("provenance", p.as_str()));
-        }
-        let http_ok = m
-            .requests
-            .get_or_create(&[
-                ("consumer", "http".to_owned()),
-                ("outcome", "ok".to_owned()),
-            ])
-            .clone();
-        let http_served = m
-            .served_bytes
-            .get_or_create(&l1("consumer", "http"))
-            .clone();
-        Self {
-            registry,
-            http_ok,
-            http_served,
-            ..m
         }
     }
 

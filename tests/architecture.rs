@@ -3,7 +3,11 @@
 //! ones below it. An arrow is any `crate::<module>` path in production code; comments, string
 //! literals and `#[cfg(test)]` items (unit tests may build a whole daemon) do not count.
 //!
-//! `cargo test --test architecture -- --nocapture` prints the graph, lowest layer first.
+//! No production function is longer than [`MAX_FN_LINES`] lines either.
+//!
+//! `cargo test --test architecture -- --nocapture` prints the graph, lowest layer first; with
+//! `KIRQ_ARCH_SRC=<dir>` it reads another tree's `src/` instead (e.g. an older commit's, from
+//! `git archive <commit> src | tar -x -C <dir>/..`), to compare.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -297,7 +301,76 @@ fn cycles(g: &Graph) -> Vec<BTreeSet<String>> {
 }
 
 fn src_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+    match std::env::var_os("KIRQ_ARCH_SRC") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+    }
+}
+
+/// The longest a production function may be, signature to closing brace.
+const MAX_FN_LINES: usize = 100;
+
+/// `(name, first line, lines)` of every function with a body in `code`.
+fn functions(code: &str) -> Vec<(String, usize, usize)> {
+    let mut out = Vec::new();
+    let bytes = code.as_bytes();
+    let mut from = 0;
+    while let Some(at) = code[from..].find("fn ") {
+        let start = from + at;
+        from = start + 3;
+        if start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_') {
+            continue;
+        }
+        let name: String = code[from..]
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        if name.is_empty() {
+            continue;
+        }
+        // The body is the first `{` before any `;` (a declaration without a body has none).
+        let rest = &code[from..];
+        let (Some(brace), semi) = (rest.find('{'), rest.find(';')) else {
+            continue;
+        };
+        if semi.is_some_and(|s| s < brace) {
+            continue;
+        }
+        let body = &rest[brace + 1..];
+        let end = brace + 1 + matching_brace(body);
+        let first = code[..start].matches('\n').count() + 1;
+        let lines = code[start..from + end].matches('\n').count() + 1;
+        out.push((name, first, lines));
+    }
+    out
+}
+
+#[test]
+fn no_production_function_is_longer_than_the_limit() {
+    let src = src_dir();
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut long = Vec::new();
+    for p in files {
+        let rel = p.strip_prefix(&src).expect("under src").to_owned();
+        if is_test_file(&rel) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).expect("source file");
+        let code = without_test_items(&code_only(&text));
+        for (name, line, n) in functions(&code) {
+            if n > MAX_FN_LINES {
+                long.push(format!("{n:>4} lines  src/{}:{line} {name}", rel.display()));
+            }
+        }
+    }
+    long.sort();
+    long.reverse();
+    assert!(
+        long.is_empty(),
+        "production functions over {MAX_FN_LINES} lines (split them into named steps):\n{}",
+        long.join("\n")
+    );
 }
 
 #[test]
@@ -361,6 +434,13 @@ fn the_checker_sees_cycles_and_ignores_comments_strings_and_tests() {
     std::fs::write(src.join("c.rs"), "pub fn g() { crate::a::f() }").unwrap();
     let g = graph(src);
     assert!(layers(&g).is_err());
+    let f =
+        functions("fn a() {\n    if x { y() }\n}\nfn b();\npub fn c<T: Fn() -> u8>(t: T) { }\n");
+    assert_eq!(
+        f,
+        vec![("a".to_owned(), 1, 3), ("c".to_owned(), 5, 1)],
+        "names, first lines and lengths of functions with bodies"
+    );
     assert_eq!(
         cycles(&g),
         vec![BTreeSet::from(["a".to_owned(), "c".to_owned()])]

@@ -264,6 +264,120 @@ pub fn is_valid_id(s: &str) -> bool {
     s.len() <= MAX_RECIPIENT_LEN && valid_name(s.as_bytes())
 }
 
+/// Magic, version and the three algorithm ids: (sig_alg, mix_alg, proof_alg).
+fn decode_algorithms(r: &mut Reader<'_>) -> Result<(SigAlg, u8, u8), DecodeError> {
+    if r.array::<4>("magic")? != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    let version = r.u8("version")?;
+    if version != VERSION {
+        return Err(DecodeError::UnknownVersion(version));
+    }
+    let raw_sig_alg = r.u8("sig_alg")?;
+    let sig_alg = SigAlg::from_wire(raw_sig_alg).ok_or(DecodeError::UnknownAlgorithm {
+        field: "sig_alg",
+        value: raw_sig_alg,
+    })?;
+    let mix_alg = r.u8("mix_alg")?;
+    if mix_alg != MIX_SHAKE256 && mix_alg != MIX_RP64 {
+        return Err(DecodeError::UnknownAlgorithm {
+            field: "mix_alg",
+            value: mix_alg,
+        });
+    }
+    let proof_alg = r.u8("proof_alg")?;
+    Ok((sig_alg, mix_alg, proof_alg))
+}
+
+/// The signed source list: 1..=[`MAX_SOURCES`] entries, at least one contributing bytes.
+fn decode_sources(r: &mut Reader<'_>) -> Result<Vec<SourceEntry>, DecodeError> {
+    let n_sources = usize::from(r.u8("n_sources")?);
+    if n_sources == 0 || n_sources > MAX_SOURCES {
+        return Err(DecodeError::CountOutOfRange {
+            field: "n_sources",
+            value: n_sources as u64,
+            min: 1,
+            max: MAX_SOURCES as u64,
+        });
+    }
+    let provenance = (0..n_sources)
+        .map(|_| decode_source(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !provenance.iter().any(SourceEntry::contributes) {
+        return Err(DecodeError::CountOutOfRange {
+            field: "contributing sources",
+            value: 0,
+            min: 1,
+            max: MAX_SOURCES as u64,
+        });
+    }
+    Ok(provenance)
+}
+
+/// One source entry. Only a decentralized node may contribute no bytes (shown, not mixed).
+fn decode_source(r: &mut Reader<'_>) -> Result<SourceEntry, DecodeError> {
+    let raw_kind = r.u8("source.kind")?;
+    let kind = SourceKind::from_u8(raw_kind).ok_or(DecodeError::UnknownSourceKind(raw_kind))?;
+    let id = r.name_u8("source.id", MAX_SOURCE_ID_LEN)?;
+    let byte_count = r.u32("source.byte_count")?;
+    let node = kind == SourceKind::Decentralized;
+    let min = u32::from(!node);
+    if byte_count < min || byte_count > MAX_CONTRIBUTION_BYTES {
+        return Err(DecodeError::CountOutOfRange {
+            field: "source.byte_count",
+            value: u64::from(byte_count),
+            min: u64::from(min),
+            max: u64::from(MAX_CONTRIBUTION_BYTES),
+        });
+    }
+    let commitment = r.array::<32>("source.commitment")?;
+    let (node_signature, receipt) = if node {
+        decode_node_fields(r, byte_count > 0)?
+    } else {
+        (Vec::new(), None)
+    };
+    Ok(SourceEntry {
+        kind,
+        id,
+        byte_count,
+        commitment,
+        node_signature,
+        receipt,
+    })
+}
+
+/// A node's commitment signature and its receipt (present exactly when it contributes).
+fn decode_node_fields(
+    r: &mut Reader<'_>,
+    contributes: bool,
+) -> Result<(Vec<u8>, Option<NodeReceipt>), DecodeError> {
+    let n = r.len_u16("source.node_signature", 1, falcon::MAX_SIGNATURE_BYTES)?;
+    let sig = r.take(n, "source.node_signature")?.to_vec();
+    let epoch = r.u64("source.receipt_epoch")?;
+    let sequence = r.u64("source.receipt_sequence")?;
+    let max = if contributes {
+        falcon::MAX_SIGNATURE_BYTES
+    } else {
+        0
+    };
+    let n = r.len_u16("source.receipt", usize::from(contributes), max)?;
+    let receipt = r.take(n, "source.receipt")?.to_vec();
+    if !contributes && (epoch != 0 || sequence != 0) {
+        return Err(DecodeError::CountOutOfRange {
+            field: "source.receipt_sequence",
+            value: sequence.max(epoch),
+            min: 0,
+            max: 0,
+        });
+    }
+    let receipt = contributes.then_some(NodeReceipt {
+        epoch,
+        sequence,
+        signature: receipt,
+    });
+    Ok((sig, receipt))
+}
+
 impl Packet {
     /// Decodes one packet; `bytes` must be exactly one packet.
     pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, DecodeError> {
@@ -271,26 +385,7 @@ impl Packet {
             return Err(DecodeError::TooLarge { len: bytes.len() });
         }
         let mut r = Reader::new(bytes);
-        if r.array::<4>("magic")? != MAGIC {
-            return Err(DecodeError::BadMagic);
-        }
-        let version = r.u8("version")?;
-        if version != VERSION {
-            return Err(DecodeError::UnknownVersion(version));
-        }
-        let raw_sig_alg = r.u8("sig_alg")?;
-        let sig_alg = SigAlg::from_wire(raw_sig_alg).ok_or(DecodeError::UnknownAlgorithm {
-            field: "sig_alg",
-            value: raw_sig_alg,
-        })?;
-        let mix_alg = r.u8("mix_alg")?;
-        if mix_alg != MIX_SHAKE256 && mix_alg != MIX_RP64 {
-            return Err(DecodeError::UnknownAlgorithm {
-                field: "mix_alg",
-                value: mix_alg,
-            });
-        }
-        let proof_alg = r.u8("proof_alg")?;
+        let (sig_alg, mix_alg, proof_alg) = decode_algorithms(&mut r)?;
         let key_id = KeyId(r.array::<8>("key_id")?);
         let recipient = r.name_u8("recipient", MAX_RECIPIENT_LEN)?;
         let sequence = r.u64("sequence")?;
@@ -309,83 +404,7 @@ impl Packet {
                 max: MAX_ROUND,
             });
         }
-        let n_sources = usize::from(r.u8("n_sources")?);
-        if n_sources == 0 || n_sources > MAX_SOURCES {
-            return Err(DecodeError::CountOutOfRange {
-                field: "n_sources",
-                value: n_sources as u64,
-                min: 1,
-                max: MAX_SOURCES as u64,
-            });
-        }
-        let mut provenance = Vec::with_capacity(n_sources);
-        for _ in 0..n_sources {
-            let raw_kind = r.u8("source.kind")?;
-            let kind =
-                SourceKind::from_u8(raw_kind).ok_or(DecodeError::UnknownSourceKind(raw_kind))?;
-            let id = r.name_u8("source.id", MAX_SOURCE_ID_LEN)?;
-            let byte_count = r.u32("source.byte_count")?;
-            let node = kind == SourceKind::Decentralized;
-            let min = u32::from(!node);
-            if byte_count < min || byte_count > MAX_CONTRIBUTION_BYTES {
-                return Err(DecodeError::CountOutOfRange {
-                    field: "source.byte_count",
-                    value: u64::from(byte_count),
-                    min: u64::from(min),
-                    max: u64::from(MAX_CONTRIBUTION_BYTES),
-                });
-            }
-            let commitment = r.array::<32>("source.commitment")?;
-            let (node_signature, receipt) = if node {
-                let n = r.len_u16("source.node_signature", 1, falcon::MAX_SIGNATURE_BYTES)?;
-                let sig = r.take(n, "source.node_signature")?.to_vec();
-                let epoch = r.u64("source.receipt_epoch")?;
-                let sequence = r.u64("source.receipt_sequence")?;
-                let contributes = byte_count > 0;
-                let n = r.len_u16(
-                    "source.receipt",
-                    usize::from(contributes),
-                    if contributes {
-                        falcon::MAX_SIGNATURE_BYTES
-                    } else {
-                        0
-                    },
-                )?;
-                let receipt = r.take(n, "source.receipt")?.to_vec();
-                if !contributes && (epoch != 0 || sequence != 0) {
-                    return Err(DecodeError::CountOutOfRange {
-                        field: "source.receipt_sequence",
-                        value: sequence.max(epoch),
-                        min: 0,
-                        max: 0,
-                    });
-                }
-                let receipt = contributes.then_some(NodeReceipt {
-                    epoch,
-                    sequence,
-                    signature: receipt,
-                });
-                (sig, receipt)
-            } else {
-                (Vec::new(), None)
-            };
-            provenance.push(SourceEntry {
-                kind,
-                id,
-                byte_count,
-                commitment,
-                node_signature,
-                receipt,
-            });
-        }
-        if !provenance.iter().any(SourceEntry::contributes) {
-            return Err(DecodeError::CountOutOfRange {
-                field: "contributing sources",
-                value: 0,
-                min: 1,
-                max: MAX_SOURCES as u64,
-            });
-        }
+        let provenance = decode_sources(&mut r)?;
         let entropy_len = r.len_u32("entropy", 1, MAX_ENTROPY_BYTES)?;
         let entropy = SecretBytes::new(r.take(entropy_len, "entropy")?.to_vec());
         let (proof_min, proof_max) = if proof_alg == PROOF_NONE {
