@@ -49,8 +49,20 @@ pub enum Encoding {
     Base64,
 }
 
+/// The message for a bad `encoding` field, the same on every endpoint.
+pub(super) const BAD_ENCODING: &str = "field `encoding` must be \"hex\" or \"base64\"";
+
 impl Encoding {
-    fn encode(self, b: &[u8]) -> String {
+    /// The `encoding` field of a request: absent means hex; `None` for anything else.
+    pub(super) fn from_field(v: Option<&serde_json::Value>) -> Option<Self> {
+        match v.map(|e| e.as_str()) {
+            None | Some(Some("hex")) => Some(Self::Hex),
+            Some(Some("base64")) => Some(Self::Base64),
+            _ => None,
+        }
+    }
+
+    pub(super) fn encode(self, b: &[u8]) -> String {
         match self {
             Self::Hex => hex::encode(b),
             Self::Base64 => B64_ENCODE.encode(b),
@@ -64,7 +76,7 @@ impl Encoding {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Self::Hex => "hex",
             Self::Base64 => "base64",
@@ -235,16 +247,8 @@ async fn parse(d: &Handles, body: Body, table: &[Field]) -> Result<Parsed, ApiEr
             format!("unknown field `{k}`; expected {}", names.join(", ")),
         ));
     }
-    let encoding = match obj.get("encoding").map(|e| e.as_str()) {
-        None | Some(Some("hex")) => Encoding::Hex,
-        Some(Some("base64")) => Encoding::Base64,
-        _ => {
-            return Err(bad(
-                d,
-                "field `encoding` must be \"hex\" or \"base64\"".into(),
-            ));
-        }
-    };
+    let encoding =
+        Encoding::from_field(obj.get("encoding")).ok_or_else(|| bad(d, BAD_ENCODING.into()))?;
     let mut fields = Vec::with_capacity(table.len());
     for f in table {
         let Some(value) = obj.get(f.name) else {

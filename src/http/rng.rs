@@ -9,7 +9,6 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use zeroize::Zeroizing;
 
 #[allow(unused_imports)] // named only by the OpenAPI annotations
@@ -20,6 +19,7 @@ use super::openapi::{
 };
 #[allow(unused_imports)] // named only by the OpenAPI annotations
 use super::openapi::{RandomRequestBody, RandomResponse};
+use super::quantum::{BAD_ENCODING, Encoding};
 use super::{ApiError, Handles};
 use crate::pool::{Consumer, PoolError, Want};
 use crate::verify::Reject;
@@ -27,12 +27,6 @@ use crate::wire::Provenance;
 use crate::wire::refill;
 
 pub const MAX_RANDOM_BYTES: u64 = 65_536;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Encoding {
-    Hex,
-    Base64,
-}
 
 struct RandomRequest {
     num_bytes: usize,
@@ -70,15 +64,8 @@ fn parse_random(body: &[u8]) -> Result<RandomRequest, ApiError> {
             }
         },
     };
-    let encoding = match obj.get("encoding").map(|e| e.as_str()) {
-        None | Some(Some("hex")) => Encoding::Hex,
-        Some(Some("base64")) => Encoding::Base64,
-        _ => {
-            return Err(ApiError::bad_request(
-                "field `encoding` must be \"hex\" or \"base64\"",
-            ));
-        }
-    };
+    let encoding = Encoding::from_field(obj.get("encoding"))
+        .ok_or_else(|| ApiError::bad_request(BAD_ENCODING))?;
     let want = match obj.get("source").map(|e| e.as_str()) {
         None | Some(Some("any")) => Want::Any,
         Some(Some(s)) => match Provenance::ALL.iter().find(|p| p.as_str() == s) {
@@ -160,10 +147,7 @@ pub async fn random(State(d): State<Arc<Handles>>, body: Body) -> Response {
     };
     d.metrics.http_ok.inc();
     d.metrics.http_served.inc_by(taken.bytes.len() as u64);
-    let data = Zeroizing::new(match req.encoding {
-        Encoding::Hex => hex::encode(taken.bytes.expose()),
-        Encoding::Base64 => base64::engine::general_purpose::STANDARD.encode(taken.bytes.expose()),
-    });
+    let data = Zeroizing::new(req.encoding.encode(taken.bytes.expose()));
     let source = taken
         .single_provenance()
         .map_or("mixed", Provenance::as_str);
@@ -172,11 +156,7 @@ pub async fn random(State(d): State<Arc<Handles>>, body: Body) -> Response {
     let mut body = Zeroizing::new(String::with_capacity(data.len() + 220));
     body.push_str("{\"random_data\":\"");
     body.push_str(&data);
-    let encoding = if req.encoding == Encoding::Hex {
-        "hex"
-    } else {
-        "base64"
-    };
+    let encoding = req.encoding.name();
     let _ = write!(
         body,
         "\",\"num_bytes\":{},\"encoding\":\"{encoding}\",\"source\":\"{source}\",\"provenance\":{{",
