@@ -37,15 +37,6 @@ impl SecretBytes {
         &mut self.0
     }
 
-    /// Appends `bytes`. Reserve first: a reallocation would leave an unzeroed copy behind.
-    pub fn extend(&mut self, bytes: &[u8]) {
-        debug_assert!(
-            self.0.capacity() - self.0.len() >= bytes.len(),
-            "reserve first"
-        );
-        self.0.extend_from_slice(bytes);
-    }
-
     /// Appends `bytes`, growing by hand when the capacity is short: the bytes are copied into a
     /// larger buffer and the old one is zeroed before it is freed, so no unzeroed copy is left
     /// behind (a plain `Vec` reallocation would free the old allocation as it is).

@@ -311,7 +311,7 @@ impl Pool {
         for (i, q) in inner.queues.iter_mut().enumerate() {
             for c in q.drain(..) {
                 let seg = if c.fallback { persist::SEGMENTS - 1 } else { i };
-                out[seg].extend(&c.data.expose()[c.pos..]);
+                out[seg].append(&c.data.expose()[c.pos..]);
             }
             inner.by_prov[i] = 0;
         }

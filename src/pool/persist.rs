@@ -250,8 +250,8 @@ impl SealedFile {
         let total: usize = segments.iter().map(SecretBytes::len).sum();
         let mut plain = SecretBytes::new(Vec::with_capacity(total + 4 * SEGMENTS));
         for s in segments {
-            plain.extend(&(s.len() as u32).to_be_bytes());
-            plain.extend(s.expose());
+            plain.append(&(s.len() as u32).to_be_bytes());
+            plain.append(s.expose());
         }
         let sealed = key
             .cipher()
