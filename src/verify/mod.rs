@@ -211,7 +211,7 @@ struct ReplayCache {
     /// The latest expiry of a nonce forgotten by [`Self::prune`]: a packet expiring no later
     /// could be one whose nonce is gone, so it is refused as a replay. Pruning follows the wall
     /// clock, which can step: ahead, it forgets nonces of packets that are still live once it
-    /// steps back (found by `tests/faults.rs`, `daemon_clock_stepped_two_minutes_both_ways`).
+    /// steps back (found by `tests/faults_root.rs`, `daemon_clock_stepped_two_minutes_both_ways`).
     horizon_ms: u64,
     /// The nonces on disk (see [`journal`]); `None` when the daemon keeps no replay state.
     journal: Option<journal::Journal>,

@@ -1,5 +1,25 @@
 //! Shared fixtures for the integration tests: a throwaway fleet (keys, PKI, configs) and real
-//! kirqd / kirq-hub processes on loopback.
+//! kirqd / kirq-hub processes on loopback, waits, metric scrapes, node processes ([`nodes`]), the
+//! .deb ([`deb`]) and the one qemu VM harness ([`vm`]). The source tests' loopback HTTPS servers
+//! are in tests/source_support.
+//!
+//! Naming: `tests/<what>[_<component>].rs`. `<what>` is what the file tests (`source_` for a
+//! source adapter, e.g. `source_rest`); the suffix names the real component it needs beyond cargo
+//! and Kirq's own binaries on loopback. Without the component the test fails with an install
+//! hint (`need_program`, `need_path`); it never skips.
+//!
+//! | suffix      | needs |
+//! |-------------|-------|
+//! | (none)      | nothing more; any user |
+//! | `_vm`       | a qemu VM: qemu-system-x86, busybox-static, cpio, the Debian kernel package (apt) |
+//! | `_fuse`     | root and /dev/fuse (a FUSE mount), and the tools that read it |
+//! | `_root`     | root for the host kernel: RNDADDENTROPY, network namespaces, mounts |
+//! | `_softhsm`  | SoftHSM2 |
+//! | `_curl`     | curl |
+//! | `_promtool` | promtool (prometheus) |
+//! | `_python`   | Python tools from scripts/pip-packages.txt (`./scripts/test.sh` installs them) |
+//! | `_dpkg`     | cargo-deb, dpkg, systemd-analyze, selinux-policy-dev |
+//! | `_nspawn`   | root, systemd-nspawn (systemd as PID 1), cargo-deb, dpkg |
 #![allow(dead_code)]
 
 pub mod deb;
