@@ -9,7 +9,6 @@
 //! hub takes it back by itself, and the time that took is printed (`FAULT source-...`).
 
 mod common;
-mod source_support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -40,7 +39,7 @@ async fn streambytes(
         )
             .into_response(),
         BIASED => {
-            let mut b = source_support::random(n);
+            let mut b = common::sources::random(n);
             for (i, x) in b.iter_mut().enumerate() {
                 if i % 4 != 0 {
                     *x = 0;
@@ -48,7 +47,7 @@ async fn streambytes(
             }
             b.into_response()
         }
-        _ => source_support::random(n).into_response(),
+        _ => common::sources::random(n).into_response(),
     }
 }
 
@@ -69,7 +68,7 @@ fn qrng() -> (
             let router = axum::Router::new()
                 .route("/api/2.0/streambytes", axum::routing::get(streambytes))
                 .with_state(m);
-            let srv = source_support::https_server(router).await;
+            let srv = common::sources::https_server(router).await;
             tx.send((srv.base(), srv.ca_path.clone())).unwrap();
             let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
             drop(srv);

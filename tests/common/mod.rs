@@ -1,7 +1,7 @@
 //! Shared fixtures for the integration tests: a throwaway fleet (keys, PKI, configs) and real
 //! kirqd / kirq-hub processes on loopback, waits, metric scrapes, node processes ([`nodes`]), the
-//! .deb ([`deb`]) and the one qemu VM harness ([`vm`]). The source tests' loopback HTTPS servers
-//! are in tests/source_support.
+//! source tests' loopback HTTPS servers ([`sources`]), the .deb ([`deb`]) and the one qemu VM
+//! harness ([`vm`]).
 //!
 //! Naming: `tests/<what>[_<component>].rs`. `<what>` is what the file tests (`source_` for a
 //! source adapter, e.g. `source_rest`); the suffix names the real component it needs beyond cargo
@@ -24,6 +24,7 @@
 
 pub mod deb;
 pub mod nodes;
+pub mod sources;
 pub mod vm;
 
 use std::io::Read;
