@@ -10,7 +10,7 @@
 //!
 //! | suffix      | needs |
 //! |-------------|-------|
-//! | (none)      | nothing more; any user |
+//! | (none)      | nothing more (at most util-linux, e.g. prlimit); any user |
 //! | `_vm`       | a qemu VM: qemu-system-x86, busybox-static, cpio, the Debian kernel package (apt) |
 //! | `_fuse`     | root and /dev/fuse (a FUSE mount), and the tools that read it |
 //! | `_root`     | root for the host kernel: RNDADDENTROPY, network namespaces, mounts |
