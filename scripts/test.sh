@@ -33,7 +33,7 @@ if grep -qvE '^\s*(#|$)' scripts/pip-packages.txt 2>/dev/null; then
   export PATH="$PWD/$venv/bin:$PATH"
 fi
 
-# cargo-deb builds the .deb in tests/packaging.rs (crates.io, pinned by its own lock file).
+# cargo-deb builds the .deb in tests/packaging_dpkg.rs (crates.io, pinned by its own lock file).
 if ! cargo deb --version >/dev/null 2>&1; then
   echo "== installing cargo-deb"
   cargo install cargo-deb --locked

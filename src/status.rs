@@ -443,6 +443,22 @@ pub fn render_daemon(verdict: Verdict, reasons: &[String], h: &Value, stats: &Va
     let mut o = String::new();
     let what = format!("kirqd {}", h["daemon_id"].as_str().unwrap_or("?"));
     head(&mut o, &what, verdict, reasons);
+    daemon_pool(&mut o, h);
+    daemon_supply(&mut o, h);
+    daemon_faces(&mut o, h);
+    daemon_sources(&mut o, h);
+    daemon_served(&mut o, stats);
+    let m = &h["memory"];
+    let _ = writeln!(
+        o,
+        "  memory        locked {}, core dumps off {}, pool in secret memory {}; up {} s",
+        m["memory_locked"], m["no_core_dumps"], m["pool_secret_memory"], h["uptime_seconds"]
+    );
+    o
+}
+
+/// The pool's fill and what its bytes came from.
+fn daemon_pool(o: &mut String, h: &Value) {
     let pool = &h["pool"];
     let total = pool["total_bytes"].as_u64().unwrap_or(0);
     let cap = pool["capacity_bytes"].as_u64().unwrap_or(0);
@@ -463,6 +479,10 @@ pub fn render_daemon(verdict: Verdict, reasons: &[String], h: &Value, stats: &Va
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
     let _ = writeln!(o, "  by provenance {}", by.join(", "));
+}
+
+/// Where the bytes come from: each hub's state, the last packet, the fallback.
+fn daemon_supply(o: &mut String, h: &Value) {
     let hubs = h["hubs"].as_array().cloned().unwrap_or_default();
     if hubs.is_empty() {
         let _ = writeln!(o, "  hubs          none configured (push only)");
@@ -493,8 +513,12 @@ pub fn render_daemon(verdict: Verdict, reasons: &[String], h: &Value, stats: &Va
         } else {
             "inactive"
         },
-        pool["fallback_bytes"]
+        h["pool"]["fallback_bytes"]
     );
+}
+
+/// What consumers read: the device and the kernel feeder.
+fn daemon_faces(o: &mut String, h: &Value) {
     let dev = &h["device"];
     let _ = writeln!(
         o,
@@ -523,6 +547,10 @@ pub fn render_daemon(verdict: Verdict, reasons: &[String], h: &Value, stats: &Va
             .map(|e| format!(", last error: {e}"))
             .unwrap_or_default()
     );
+}
+
+/// The local sources' health.
+fn daemon_sources(o: &mut String, h: &Value) {
     let sources: Vec<String> = h["sources"]
         .as_object()
         .into_iter()
@@ -544,6 +572,10 @@ pub fn render_daemon(verdict: Verdict, reasons: &[String], h: &Value, stats: &Va
             sources.join(", ")
         }
     );
+}
+
+/// Bytes served by provenance, packets accepted and rejected.
+fn daemon_served(o: &mut String, stats: &Value) {
     let served: Vec<String> = stats["bytes_served"]
         .as_object()
         .into_iter()
@@ -563,13 +595,6 @@ pub fn render_daemon(verdict: Verdict, reasons: &[String], h: &Value, stats: &Va
         served.join(", "),
         stats["packets_accepted"]
     );
-    let m = &h["memory"];
-    let _ = writeln!(
-        o,
-        "  memory        locked {}, core dumps off {}, pool in secret memory {}; up {} s",
-        m["memory_locked"], m["no_core_dumps"], m["pool_secret_memory"], h["uptime_seconds"]
-    );
-    o
 }
 
 /// The hub's human summary.

@@ -1,4 +1,4 @@
-"""schemathesis hooks for tests/quantum_live.rs (a run against `kirqd demo` on loopback).
+"""schemathesis hooks for tests/quantum_live_python.rs (a run against `kirqd demo` on loopback).
 
 Every check stays on. One failure is dropped, only in its exact documented shape:
 

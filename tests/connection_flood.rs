@@ -65,6 +65,45 @@ fn flood(target: SocketAddr, stop: Arc<AtomicBool>, opened: Arc<AtomicUsize>) {
     });
 }
 
+/// The stranger: [`flood`] on its own thread.
+struct Flood {
+    stop: Arc<AtomicBool>,
+    opened: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Flood {
+    /// Starts the flood against `target` and gives it 20 s to open `FLOOD` connections;
+    /// returns it and how many it had open by then.
+    fn start(target: SocketAddr) -> (Self, usize) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let opened = Arc::new(AtomicUsize::new(0));
+        let thread = {
+            let (stop, opened) = (stop.clone(), opened.clone());
+            std::thread::spawn(move || flood(target, stop, opened))
+        };
+        wait_at_most(Duration::from_secs(20), Duration::from_millis(20), || {
+            opened.load(Ordering::Relaxed) >= FLOOD
+        });
+        let at_start = opened.load(Ordering::Relaxed);
+        (
+            Self {
+                stop,
+                opened,
+                thread,
+            },
+            at_start,
+        )
+    }
+
+    /// Ends the flood; returns how many connections it opened in all.
+    fn stop(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("flood thread");
+        self.opened.load(Ordering::Relaxed)
+    }
+}
+
 async fn connect_from_127_0_0_2(target: SocketAddr) -> Option<tokio::net::TcpStream> {
     let sock = tokio::net::TcpSocket::new_v4().expect("socket");
     sock.bind("127.0.0.2:0".parse().expect("address"))
@@ -73,12 +112,6 @@ async fn connect_from_127_0_0_2(target: SocketAddr) -> Option<tokio::net::TcpStr
         .await
         .ok()?
         .ok()
-}
-
-fn metric(text: &str, prefix: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Descriptors `pid` holds now.
@@ -119,18 +152,7 @@ fn a_stranger_flooding_the_receive_port_cannot_stop_the_daemon() {
         .pool_max_idle_per_host(0)
         .build()
         .expect("client");
-    let stop = Arc::new(AtomicBool::new(false));
-    let opened = Arc::new(AtomicUsize::new(0));
-    let target: SocketAddr = ([127, 0, 0, 1], f.receive_port).into();
-    let flooder = {
-        let (stop, opened) = (stop.clone(), opened.clone());
-        std::thread::spawn(move || flood(target, stop, opened))
-    };
-    let t0 = Instant::now();
-    while opened.load(Ordering::Relaxed) < FLOOD && t0.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let opened_at_start = opened.load(Ordering::Relaxed);
+    let (flood, opened_at_start) = Flood::start(([127, 0, 0, 1], f.receive_port).into());
 
     // During the flood: the shim answers each health request promptly, and packets keep coming.
     let accepted_before = client
@@ -168,18 +190,13 @@ fn a_stranger_flooding_the_receive_port_cannot_stop_the_daemon() {
         .and_then(|r| r.json::<serde_json::Value>())
         .ok()
         .and_then(|v| v["packets_accepted"].as_u64());
-    stop.store(true, Ordering::Relaxed);
-    flooder.join().expect("flood thread");
-    let opened_total = opened.load(Ordering::Relaxed);
+    let opened_total = flood.stop();
 
     wait_for(Duration::from_secs(15), "the shim after the flood", || {
         client.get(f.http("/api/rng/health")).send().is_ok()
     });
-    let metrics = reqwest::blocking::get(f.http("/metrics"))
-        .expect("metrics")
-        .text()
-        .expect("metrics text");
-    let refused = metric(
+    let metrics = scrape(&f.http("/metrics"));
+    let refused = metric::<u64>(
         &metrics,
         "kirq_tls_connections_refused_total{reason=\"peer_limit\"} ",
     );
@@ -235,18 +252,7 @@ fn a_stranger_flooding_the_hub_cannot_stop_its_deliveries() {
         &[],
     );
     wait_for(Duration::from_secs(20), "the first pull", || f.pool().1 > 0);
-    let stop = Arc::new(AtomicBool::new(false));
-    let opened = Arc::new(AtomicUsize::new(0));
-    let target: SocketAddr = ([127, 0, 0, 1], f.hub_port).into();
-    let flooder = {
-        let (stop, opened) = (stop.clone(), opened.clone());
-        std::thread::spawn(move || flood(target, stop, opened))
-    };
-    let t0 = Instant::now();
-    while opened.load(Ordering::Relaxed) < FLOOD && t0.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let opened_at_start = opened.load(Ordering::Relaxed);
+    let (flood, opened_at_start) = Flood::start(([127, 0, 0, 1], f.hub_port).into());
     // During the flood the daemon keeps pulling: take what the pool holds, again and again, and
     // the refill must keep bringing more from the flooded hub.
     let client = reqwest::blocking::Client::builder()
@@ -269,13 +275,9 @@ fn a_stranger_flooding_the_hub_cannot_stop_its_deliveries() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let admitted_after = f.pool().1;
-    stop.store(true, Ordering::Relaxed);
-    flooder.join().expect("flood thread");
-    let metrics = reqwest::blocking::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .expect("hub metrics")
-        .text()
-        .expect("metrics text");
-    let refused = metric(
+    flood.stop();
+    let metrics = scrape(&format!("http://127.0.0.1:{metrics_port}/metrics"));
+    let refused = metric::<u64>(
         &metrics,
         "kirq_tls_connections_refused_total{reason=\"peer_limit\"} ",
     );

@@ -14,15 +14,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::nodes::*;
 use common::*;
-use kirq::crypto::falcon::SigningKey;
 
 const N: usize = 3;
 const K: usize = 2;
-
-fn id(i: usize) -> String {
-    format!("node-{}", i + 1)
-}
 
 struct Node {
     cfg: PathBuf,
@@ -30,67 +26,26 @@ struct Node {
 }
 
 fn node_configs(dir: &Path) -> Vec<Node> {
-    let ids: Vec<String> = (0..N).map(id).collect();
-    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    kirq::pki::write_dev_node_pki(dir, &refs).unwrap();
-    for i in &ids {
-        SigningKey::generate()
-            .write_pair(dir, &format!("{i}-falcon"))
-            .unwrap();
-    }
+    let ids = node_ids(N);
+    write_node_keys(dir, &ids);
     (0..N)
         .map(|i| {
             let port = free_port();
-            let peers: String = (0..N)
-                .filter(|&j| j != i)
-                .map(|j| format!("{0} = \"{0}-falcon.pub\"\n", ids[j]))
-                .collect();
-            let text = format!(
-                r#"id = "{id}"
-signing_key = "{id}-falcon.key"
-listen = "127.0.0.1:{port}"
-metrics_listen = "127.0.0.1:{mport}"
-quorum = {K}
-max_contribution_bytes = 4096
-round_ttl_secs = 30
-[tls]
-cert = "{id}.crt"
-key = "{id}.key"
-client_ca = "hub-ca.pem"
-[source]
-type = "local"
-[peers]
-{peers}"#,
-                id = ids[i],
-                mport = free_port(),
-            );
-            let cfg = dir.join(format!("{}.toml", ids[i]));
-            std::fs::write(&cfg, text).unwrap();
+            let key = format!("{}-falcon.key", ids[i]);
+            let cfg = write_node_config(dir, &ids, i, &key, (port, free_port()), K);
             Node { cfg, port }
         })
         .collect()
 }
 
 fn start_node(f: &Fleet, n: &Node, fault: Option<&str>, log: &str) -> Proc {
-    let mut args = vec!["node", "--config", n.cfg.to_str().unwrap()];
-    if let Some(fault) = fault {
-        args.extend(["--fault", fault]);
-    }
-    let p = Proc::spawn(env!("CARGO_BIN_EXE_kirq-hub"), &args, &f.path(log), &[]);
-    wait_for(Duration::from_secs(30), "a node's listener", || {
-        std::net::TcpStream::connect(("127.0.0.1", n.port)).is_ok()
-    });
+    let p = spawn_node(&n.cfg, fault, &f.path(log));
+    wait_for_node(n.port);
     p
 }
 
 fn hub_metric(port: u16, prefix: &str) -> u64 {
-    let text = reqwest::blocking::get(format!("http://127.0.0.1:{port}/metrics"))
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .map_or(0, |v| v.trim().parse().unwrap())
+    metric(&scrape(&format!("http://127.0.0.1:{port}/metrics")), prefix).unwrap_or(0)
 }
 
 fn accepted(f: &Fleet) -> u64 {
@@ -99,7 +54,7 @@ fn accepted(f: &Fleet) -> u64 {
         .unwrap()
 }
 
-/// Takes what the pool holds (in requests of at most 16 KiB).
+/// Takes what the pool holds (in requests of at most 16 KiB); stops at the first 503.
 fn drain(f: &Fleet, out: &mut Vec<Vec<u8>>) {
     let c = reqwest::blocking::Client::new();
     loop {
@@ -107,18 +62,9 @@ fn drain(f: &Fleet, out: &mut Vec<Vec<u8>>) {
         if left == 0 {
             return;
         }
-        let r = c
-            .post(f.http("/api/rng/random"))
-            .json(&serde_json::json!({ "num_bytes": left.min(16_384) }))
-            .send()
-            .unwrap();
-        match r.status().as_u16() {
-            200 => {
-                let v: serde_json::Value = r.json().unwrap();
-                out.push(hex::decode(v["random_data"].as_str().unwrap()).unwrap());
-            }
-            503 => return,
-            s => panic!("unexpected status {s}"),
+        match f.take(&c, usize::try_from(left.min(16_384)).unwrap()) {
+            Some(b) => out.push(b),
+            None => return,
         }
     }
 }
@@ -140,34 +86,20 @@ fn misbehaving_node(fault: &str, reason: &str) {
         .collect();
 
     let metrics_port = free_port();
-    // A node quorum is accepted only with a required proof (small, to keep a debug build quick).
-    let mut tables = format!(
-        "[proof]\nmode = \"required\"\nmax_output_bytes = 448\n[decentralized]\nquorum = {K}\nnode_ca = \"{}\"\nbytes_per_node = 64\n\
-         commit_timeout_ms = 3000\nreveal_timeout_ms = 1000\n\
-         [decentralized.offenders]\nbench_after = 1\nbench_secs = 2\nbench_max_secs = 4\n",
-        dir.join("node-ca.pem").display()
+    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    let (hub_cfg, d_cfg) = proven_node_configs(
+        &f,
+        &dir,
+        &ports,
+        &Rounds {
+            quorum: K,
+            bytes_per_node: 64,
+            commit_timeout_ms: 3000,
+            reveal_timeout_ms: 1000,
+            offenders: "bench_after = 1\nbench_secs = 2\nbench_max_secs = 4",
+        },
+        metrics_port,
     );
-    let mut trust = format!("require_proof = true\nmin_node_quorum = {K}\n");
-    for (i, n) in nodes.iter().enumerate() {
-        let key = dir.join(format!("{}-falcon.pub", id(i)));
-        tables += &format!(
-            "[[decentralized.nodes]]\nid = \"{}\"\nurl = \"https://localhost:{}\"\npublic_key = \"{}\"\n",
-            id(i),
-            n.port,
-            key.display()
-        );
-        trust += &format!(
-            "[[trust.nodes]]\nid = \"{}\"\npublic_key = \"{}\"\n",
-            id(i),
-            key.display()
-        );
-    }
-    let hub_cfg = f.hub_config_with(
-        true,
-        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
-        &tables,
-    );
-    let d_cfg = f.daemon_config_trust(false, &trust, "[fallback]\nenabled = false");
     let _d = kirqd(&f, &d_cfg, &[]);
     let t0 = Instant::now();
     let _h = hub(&f, &hub_cfg, &[]);
@@ -186,7 +118,7 @@ fn misbehaving_node(fault: &str, reason: &str) {
     let delivering = t0.elapsed();
     let health = get_json(&format!("http://127.0.0.1:{metrics_port}/health"));
     let offender = &health["decentralized"]["nodes"][N - 1];
-    assert_eq!(offender["id"], id(N - 1), "{health}");
+    assert_eq!(offender["id"], node_id(N - 1), "{health}");
     assert_eq!(offender["benched"], true, "{health}");
     let mut out = Vec::new();
     drain(&f, &mut out);

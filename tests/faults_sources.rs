@@ -9,7 +9,6 @@
 //! hub takes it back by itself, and the time that took is printed (`FAULT source-...`).
 
 mod common;
-mod source_support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -40,7 +39,7 @@ async fn streambytes(
         )
             .into_response(),
         BIASED => {
-            let mut b = source_support::random(n);
+            let mut b = common::sources::random(n);
             for (i, x) in b.iter_mut().enumerate() {
                 if i % 4 != 0 {
                     *x = 0;
@@ -48,7 +47,7 @@ async fn streambytes(
             }
             b.into_response()
         }
-        _ => source_support::random(n).into_response(),
+        _ => common::sources::random(n).into_response(),
     }
 }
 
@@ -69,7 +68,7 @@ fn qrng() -> (
             let router = axum::Router::new()
                 .route("/api/2.0/streambytes", axum::routing::get(streambytes))
                 .with_state(m);
-            let srv = source_support::https_server(router).await;
+            let srv = common::sources::https_server(router).await;
             tx.send((srv.base(), srv.ca_path.clone())).unwrap();
             let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
             drop(srv);
@@ -105,20 +104,9 @@ fn failures(port: u16) -> u64 {
         .sum()
 }
 
+/// Takes 512 bytes when the pool has them.
 fn take(f: &Fleet, out: &mut Vec<Vec<u8>>) {
-    let r = reqwest::blocking::Client::new()
-        .post(f.http("/api/rng/random"))
-        .json(&serde_json::json!({ "num_bytes": 512 }))
-        .send()
-        .unwrap();
-    match r.status().as_u16() {
-        200 => {
-            let v: serde_json::Value = r.json().unwrap();
-            out.push(hex::decode(v["random_data"].as_str().unwrap()).unwrap());
-        }
-        503 => {}
-        s => panic!("unexpected status {s}"),
-    }
+    out.extend(f.take(&reqwest::blocking::Client::new(), 512));
 }
 
 #[test]

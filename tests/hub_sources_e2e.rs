@@ -4,7 +4,7 @@
 // Helpers outside #[test] fns unwrap too: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-mod source_support;
+mod common;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -15,9 +15,9 @@ use axum::extract::Query;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use common::sources::{https_server, random};
 use kirq::config::{BelowMin, HybridConfig, SourceConfig};
 use kirq::wire::refill;
-use source_support::{https_server, random};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_with_real_sources_delivers_hybrid_packets_to_kirqd() {

@@ -3,7 +3,7 @@
 // Helpers outside #[test] fns unwrap too: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-mod source_support;
+mod common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -13,11 +13,11 @@ use axum::extract::Query;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use common::sources::{TlsServer, factory, https_server, random, source_from_toml};
 use kirq::config::{BelowMin, HybridConfig};
 use kirq::hub::{BuildError, Mode, PacketFactory};
 use kirq::metrics::HubMetrics;
 use kirq::wire::{Packet, SourceKind};
-use source_support::{TlsServer, factory, https_server, random, source_from_toml};
 
 type Q = Query<HashMap<String, String>>;
 

@@ -9,7 +9,12 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{DAEMON_ID, Fleet, Proc, free_port, get_json, wait_for};
+use common::nodes::node_id as id;
+use common::nodes::{
+    Rounds, node_ids, proven_node_configs, spawn_node, wait_for_node, write_node_config,
+    write_node_keys,
+};
+use common::{DAEMON_ID, Fleet, Proc, free_port, get_json, metric, scrape, wait_for};
 use kirq::config::DecentralizedConfig;
 use kirq::crypto::falcon::{SigningKey, VerifyingKey};
 use kirq::crypto::{node_signing_digest, stark};
@@ -32,10 +37,6 @@ enum Role {
 }
 use Role::*;
 
-fn id(i: usize) -> String {
-    format!("node-{}", i + 1)
-}
-
 struct Nodes {
     // Killed before the directory goes.
     _procs: Vec<Proc>,
@@ -54,18 +55,12 @@ impl Nodes {
     fn start_for(roles: [Role; N], hub_ca: Option<&std::path::Path>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
-        let ids: Vec<String> = (0..N).map(id).collect();
-        let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let ids = node_ids(N);
         kirq::pki::write_dev_pki(p, &["hub-1"], &[]).unwrap();
         if let Some(ca) = hub_ca {
             std::fs::copy(ca, p.join("hub-ca.pem")).unwrap();
         }
-        kirq::pki::write_dev_node_pki(p, &id_refs).unwrap();
-        for i in &ids {
-            SigningKey::generate()
-                .write_pair(p, &format!("{i}-falcon"))
-                .unwrap();
-        }
+        write_node_keys(p, &ids);
         SigningKey::generate()
             .write_pair(p, "rogue-falcon")
             .unwrap();
@@ -78,32 +73,7 @@ impl Nodes {
             } else {
                 format!("{}-falcon.key", ids[i])
             };
-            let peers: String = (0..N)
-                .filter(|&j| j != i)
-                .map(|j| format!("{0} = \"{0}-falcon.pub\"\n", ids[j]))
-                .collect();
-            let text = format!(
-                r#"id = "{id}"
-signing_key = "{key}"
-listen = "127.0.0.1:{port}"
-metrics_listen = "127.0.0.1:{mport}"
-quorum = {K}
-max_contribution_bytes = 4096
-round_ttl_secs = 30
-[tls]
-cert = "{id}.crt"
-key = "{id}.key"
-client_ca = "hub-ca.pem"
-[source]
-type = "local"
-[peers]
-{peers}"#,
-                id = ids[i],
-                port = ports[i],
-                mport = metrics_ports[i],
-            );
-            let cfg = p.join(format!("{}.toml", ids[i]));
-            std::fs::write(&cfg, text).unwrap();
+            let cfg = write_node_config(p, &ids, i, &key, (ports[i], metrics_ports[i]), K);
             let fault = match role {
                 Withhold => Some("withhold-reveal"),
                 WrongReveal => Some("wrong-reveal"),
@@ -112,23 +82,12 @@ type = "local"
             if *role == Down {
                 continue;
             }
-            let mut args = vec!["node", "--config", cfg.to_str().unwrap()];
-            if let Some(f) = fault {
-                args.extend(["--fault", f]);
-            }
             let log = p.join(format!("{}.log", ids[i]));
-            procs.push(Proc::spawn(
-                env!("CARGO_BIN_EXE_kirq-hub"),
-                &args,
-                &log,
-                &[],
-            ));
+            procs.push(spawn_node(&cfg, fault, &log));
         }
         for (i, role) in roles.iter().enumerate() {
             if *role != Down {
-                wait_for(Duration::from_secs(30), "a node's listener", || {
-                    std::net::TcpStream::connect(("127.0.0.1", ports[i])).is_ok()
-                });
+                wait_for_node(ports[i]);
             }
         }
         Self {
@@ -598,9 +557,7 @@ async fn g_malformed_and_oversized_requests_get_precise_errors_and_are_counted()
 }
 
 fn metric_value(text: &str, line_prefix: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_prefix))
-        .map_or(0, |v| v.trim().parse().unwrap())
+    metric(text, line_prefix).unwrap_or(0)
 }
 
 /// The whole path: five node processes with `roles`, a `kirq-hub run` process with proofs
@@ -611,43 +568,19 @@ fn proven_delivery(roles: [Role; N]) -> (String, Value) {
     let f = Fleet::new();
     let nodes = Nodes::start_for(roles, Some(&f.path("hub-ca.pem")));
     let hub_metrics_port = free_port();
-    let mut hub_tables = format!(
-        r#"[proof]
-mode = "required"
-max_output_bytes = 448
-[decentralized]
-quorum = {K}
-node_ca = "{node_ca}"
-bytes_per_node = {BYTES}
-commit_timeout_ms = 5000
-reveal_timeout_ms = 1500
-[decentralized.offenders]
-bench_after = 1
-bench_secs = 600
-"#,
-        node_ca = nodes.path("node-ca.pem").display(),
+    let (hub_cfg, daemon_cfg) = proven_node_configs(
+        &f,
+        nodes.dir.path(),
+        &nodes.ports,
+        &Rounds {
+            quorum: K,
+            bytes_per_node: BYTES,
+            commit_timeout_ms: 5000,
+            reveal_timeout_ms: 1500,
+            offenders: "bench_after = 1\nbench_secs = 600",
+        },
+        hub_metrics_port,
     );
-    let mut trust = format!("require_proof = true\nmin_node_quorum = {K}\n");
-    for i in 0..N {
-        let key = nodes.path(&format!("{}-falcon.pub", id(i)));
-        hub_tables += &format!(
-            "[[decentralized.nodes]]\nid = \"{}\"\nurl = \"https://localhost:{}\"\npublic_key = \"{}\"\n",
-            id(i),
-            nodes.ports[i],
-            key.display()
-        );
-        trust += &format!(
-            "[[trust.nodes]]\nid = \"{}\"\npublic_key = \"{}\"\n",
-            id(i),
-            key.display()
-        );
-    }
-    let hub_cfg = f.hub_config_with(
-        true,
-        &format!("metrics_listen = \"127.0.0.1:{hub_metrics_port}\""),
-        &hub_tables,
-    );
-    let daemon_cfg = f.daemon_config_trust(false, &trust, "[fallback]\nenabled = false");
     let _kirqd = common::kirqd(&f, &daemon_cfg, &[]);
     let _hub = common::hub(&f, &hub_cfg, &[]);
 
@@ -669,11 +602,7 @@ bench_secs = 600
         "no packet refused: {stats}"
     );
 
-    let hub_metrics =
-        reqwest::blocking::get(format!("http://127.0.0.1:{hub_metrics_port}/metrics"))
-            .unwrap()
-            .text()
-            .unwrap();
+    let hub_metrics = scrape(&format!("http://127.0.0.1:{hub_metrics_port}/metrics"));
     assert!(
         metric_value(
             &hub_metrics,

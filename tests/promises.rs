@@ -11,23 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Takes `n` bytes over HTTP as raw bytes; `None` on a 503.
-fn take(client: &reqwest::blocking::Client, f: &Fleet, n: usize) -> Option<Vec<u8>> {
-    let r = client
-        .post(f.http("/api/rng/random"))
-        .json(&serde_json::json!({ "num_bytes": n }))
-        .send()
-        .unwrap();
-    match r.status().as_u16() {
-        200 => {
-            let v: serde_json::Value = r.json().unwrap();
-            Some(hex::decode(v["random_data"].as_str().unwrap()).unwrap())
-        }
-        503 => None,
-        s => panic!("unexpected status {s}: {}", r.text().unwrap()),
-    }
-}
-
 /// Bytes admitted from the local fallback.
 fn local_admitted(f: &Fleet) -> u64 {
     get_json(&f.http("/api/rng/stats"))["bytes_admitted"]["local"]
@@ -42,23 +25,8 @@ fn drain_once(f: &Fleet) {
     let (mut left, _) = f.pool();
     while left > 0 {
         let n = left.min(65_536);
-        take(&c, f, n as usize);
+        f.take(&c, n as usize);
         left -= n;
-    }
-}
-
-/// Takes everything the pool holds (in requests of at most 64 KiB), until it is empty.
-fn drain(f: &Fleet) -> Vec<Vec<u8>> {
-    let c = reqwest::blocking::Client::new();
-    let mut out = Vec::new();
-    loop {
-        let (left, _) = f.pool();
-        if left == 0 {
-            return out;
-        }
-        if let Some(b) = take(&c, f, (left as usize).min(65_536)) {
-            out.push(b);
-        }
     }
 }
 
@@ -83,7 +51,7 @@ fn large_requests_are_served_after_a_full_drain() {
             "16 MiB in 64 KiB requests did not complete: {got} bytes, {ok} served, \
              {unavailable} answered 503"
         );
-        match take(&c, &f, 65_536) {
+        match f.take(&c, 65_536) {
             Some(b) => {
                 assert_eq!(b.len(), 65_536);
                 got += b.len();
@@ -176,7 +144,7 @@ fn no_byte_is_served_twice_across_kill_9_restarts() {
     }
     sent.extend(live);
     for _ in 0..3 {
-        outputs.push(take(&c, &f, 4096).unwrap());
+        outputs.push(f.take(&c, 4096).unwrap());
     }
     d.kill();
 
@@ -193,7 +161,7 @@ fn no_byte_is_served_twice_across_kill_9_restarts() {
         assert_eq!(f.push_raw(p.clone()).0, 200);
     }
     sent.extend(fresh);
-    outputs.push(take(&c, &f, 4096).unwrap());
+    outputs.push(f.take(&c, 4096).unwrap());
     // A clean stop seals what is left.
     assert!(d.terminate().success());
     assert!(f.path("pool.sealed").exists());
@@ -203,13 +171,13 @@ fn no_byte_is_served_twice_across_kill_9_restarts() {
     let mut d = run_with_spool(&f, &cfg, &spool_path);
     assert_eq!(f.pool().0, 2 * 4096, "the sealed leftovers are restored");
     resend_all(&f, &sent, "after a clean restart");
-    outputs.push(take(&c, &f, 4096).unwrap());
+    outputs.push(f.take(&c, 4096).unwrap());
     d.kill();
 
     // Run 4: what was restored and then lost in the crash is gone, never served again.
     let _d = run_with_spool(&f, &cfg, &spool_path);
     resend_all(&f, &sent, "after the second kill -9");
-    outputs.extend(drain(&f));
+    outputs.extend(f.drain(65_536));
     assert_no_repeated_window(&outputs);
     let served: usize = outputs.iter().map(Vec::len).sum();
     assert!(served <= sent.len() * 4096);
@@ -224,11 +192,7 @@ fn lying_hub(f: &Fleet, lie: Arc<AtomicBool>) -> tokio::runtime::Runtime {
         fn connection_refused(&self, _: &'static str) {}
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let id = kirq::tls::Identity::load(
-        &f.path(&format!("{HUB_ID}.crt")),
-        &f.path(&format!("{HUB_ID}.key")),
-    )
-    .unwrap();
+    let id = f.hub_identity();
     let ca = kirq::tls::load_certs(&f.path("daemon-ca.pem")).unwrap();
     let tls = kirq::tls::server_config(&id, &ca, false).unwrap();
     let key = Arc::new(kirq::crypto::falcon::SigningKey::load(&f.path("hub-signing.key")).unwrap());

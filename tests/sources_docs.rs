@@ -3,11 +3,11 @@
 // Helpers outside #[test] fns unwrap too: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-mod source_support;
+mod common;
 
+use common::sources::check_sources;
 use kirq::config::{BelowMin, SourceType};
 use kirq::wire::SourceKind;
-use source_support::check_sources;
 
 fn toml_blocks(md: &str) -> Vec<String> {
     let mut out = Vec::new();

@@ -344,51 +344,10 @@ impl DaemonConfig {
         c
     }
 
+    /// Every rule, section by section; the first one broken names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_id("id", &self.id)?;
-        if self.trust.hub_keys.is_empty() {
-            return Err(invalid(
-                "trust.hub_keys",
-                "list at least one hub public key file",
-            ));
-        }
-        if !(1_000..=60_000).contains(&self.trust.max_clock_skew_ms) {
-            return Err(invalid("trust.max_clock_skew_ms", "must be 1000..=60000"));
-        }
-        let mut ids = std::collections::HashSet::new();
-        for n in &self.trust.nodes {
-            check_id("trust.nodes.id", &n.id)?;
-            if !ids.insert(n.id.as_str()) {
-                return Err(invalid(
-                    "trust.nodes.id",
-                    format!("node {:?} is listed twice", n.id),
-                ));
-            }
-        }
-        if self.trust.min_node_quorum > self.trust.nodes.len() {
-            return Err(invalid(
-                "trust.min_node_quorum",
-                format!(
-                    "is {} but only {} nodes are trusted",
-                    self.trust.min_node_quorum,
-                    self.trust.nodes.len()
-                ),
-            ));
-        }
-        if self.trust.min_node_quorum > 0 && !self.trust.require_proof {
-            // Without a proof nothing shows the nodes' bytes were mixed in at all.
-            return Err(invalid(
-                "trust.min_node_quorum",
-                "a node quorum needs trust.require_proof = true: without a proof nothing shows \
-                 the nodes' bytes were mixed in",
-            ));
-        }
-        if self.trust.replay_cache_entries < 1024 {
-            return Err(invalid(
-                "trust.replay_cache_entries",
-                "must be at least 1024",
-            ));
-        }
+        check_trust(&self.trust)?;
         if !(1024..=MAX_PACKET_BYTES).contains(&self.receive.max_body_bytes) {
             return Err(invalid(
                 "receive.max_body_bytes",
@@ -398,59 +357,8 @@ impl DaemonConfig {
         for h in &self.hubs {
             check_https("hubs.url", &h.url)?;
         }
-        let p = &self.pool;
-        if !(64 * 1024..=1 << 30).contains(&p.capacity_bytes) {
-            return Err(invalid("pool.capacity_bytes", "must be 64 KiB..=1 GiB"));
-        }
-        if p.low_watermark_bytes >= p.capacity_bytes {
-            return Err(invalid(
-                "pool.low_watermark_bytes",
-                "must be below pool.capacity_bytes",
-            ));
-        }
-        if let Some(high) = p.high_watermark_bytes
-            && (high <= p.low_watermark_bytes || high > p.capacity_bytes)
-        {
-            return Err(invalid(
-                "pool.high_watermark_bytes",
-                "must be above pool.low_watermark_bytes and at most pool.capacity_bytes",
-            ));
-        }
-        if p.refill_bytes == 0 || p.refill_bytes > p.capacity_bytes {
-            return Err(invalid(
-                "pool.refill_bytes",
-                "must be 1..=pool.capacity_bytes",
-            ));
-        }
-        let f = &self.fallback;
-        if f.after_secs == 0 || f.after_secs > 3600 {
-            return Err(invalid("fallback.after_secs", "must be 1..=3600"));
-        }
-        if f.fill_bytes == 0 || f.fill_bytes > p.capacity_bytes {
-            return Err(invalid(
-                "fallback.fill_bytes",
-                "must be 1..=pool.capacity_bytes",
-            ));
-        }
-        let h = &self.http;
-        if h.allow.is_empty() && h.listen.is_some() {
-            return Err(invalid(
-                "http.allow",
-                "empty: no client could call the HTTP shim",
-            ));
-        }
-        if h.rate_limit_per_second == 0 || h.rate_limit_burst == 0 {
-            return Err(invalid(
-                "http.rate_limit_per_second",
-                "rate and burst must be positive",
-            ));
-        }
-        if h.max_wait_ms > 30_000 {
-            return Err(invalid("http.max_wait_ms", "must be 0..=30000"));
-        }
-        if !(256..=1 << 20).contains(&h.max_request_bytes) {
-            return Err(invalid("http.max_request_bytes", "must be 256..=1048576"));
-        }
+        check_pool(&self.pool, &self.fallback)?;
+        check_http(&self.http)?;
         if self.persist.state_file.is_some() && self.persist.key_path().is_none() {
             return Err(invalid(
                 "persist.key_file",
@@ -460,37 +368,157 @@ impl DaemonConfig {
         if let Some(q) = &self.quantum {
             q.validate()?;
         }
-        let d = &self.device;
-        if !crate::wire::is_valid_id(&d.name) {
-            return Err(invalid(
-                "device.name",
-                "must be 1-64 characters from [A-Za-z0-9._-]",
-            ));
-        }
-        if d.mode == DeviceMode::Fuse && d.mountpoint.is_none() {
-            return Err(invalid(
-                "device.mountpoint",
-                "required when device.mode = \"fuse\"",
-            ));
-        }
-        let k = &self.kernel;
-        if !(1..=86_400).contains(&k.interval_secs) {
-            return Err(invalid("kernel.interval_secs", "must be 1..=86400"));
-        }
-        if !(1..=4096).contains(&k.feed_bytes) {
-            return Err(invalid("kernel.feed_bytes", "must be 1..=4096"));
-        }
-        if k.budget_bytes_per_minute < k.feed_bytes {
-            return Err(invalid(
-                "kernel.budget_bytes_per_minute",
-                "must be at least kernel.feed_bytes",
-            ));
-        }
-        if k.credit_bits_per_byte > 8 {
-            return Err(invalid("kernel.credit_bits_per_byte", "must be 0..=8"));
-        }
+        check_device(&self.device)?;
+        check_kernel(&self.kernel)?;
         check_health(&self.health)
     }
+}
+
+/// `[trust]`: at least one hub key, a sane clock skew, distinct nodes, and a node quorum that
+/// the trusted nodes can meet and a proof backs.
+fn check_trust(t: &TrustConfig) -> Result<(), ConfigError> {
+    if t.hub_keys.is_empty() {
+        return Err(invalid(
+            "trust.hub_keys",
+            "list at least one hub public key file",
+        ));
+    }
+    if !(1_000..=60_000).contains(&t.max_clock_skew_ms) {
+        return Err(invalid("trust.max_clock_skew_ms", "must be 1000..=60000"));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for n in &t.nodes {
+        check_id("trust.nodes.id", &n.id)?;
+        if !ids.insert(n.id.as_str()) {
+            return Err(invalid(
+                "trust.nodes.id",
+                format!("node {:?} is listed twice", n.id),
+            ));
+        }
+    }
+    if t.min_node_quorum > t.nodes.len() {
+        return Err(invalid(
+            "trust.min_node_quorum",
+            format!(
+                "is {} but only {} nodes are trusted",
+                t.min_node_quorum,
+                t.nodes.len()
+            ),
+        ));
+    }
+    if t.min_node_quorum > 0 && !t.require_proof {
+        // Without a proof nothing shows the nodes' bytes were mixed in at all.
+        return Err(invalid(
+            "trust.min_node_quorum",
+            "a node quorum needs trust.require_proof = true: without a proof nothing shows \
+             the nodes' bytes were mixed in",
+        ));
+    }
+    if t.replay_cache_entries < 1024 {
+        return Err(invalid(
+            "trust.replay_cache_entries",
+            "must be at least 1024",
+        ));
+    }
+    Ok(())
+}
+
+/// `[pool]` and `[fallback]`: the watermarks, the refill and the fallback's fill all fit in the
+/// pool's capacity.
+fn check_pool(p: &PoolConfig, f: &FallbackConfig) -> Result<(), ConfigError> {
+    if !(64 * 1024..=1 << 30).contains(&p.capacity_bytes) {
+        return Err(invalid("pool.capacity_bytes", "must be 64 KiB..=1 GiB"));
+    }
+    if p.low_watermark_bytes >= p.capacity_bytes {
+        return Err(invalid(
+            "pool.low_watermark_bytes",
+            "must be below pool.capacity_bytes",
+        ));
+    }
+    if let Some(high) = p.high_watermark_bytes
+        && (high <= p.low_watermark_bytes || high > p.capacity_bytes)
+    {
+        return Err(invalid(
+            "pool.high_watermark_bytes",
+            "must be above pool.low_watermark_bytes and at most pool.capacity_bytes",
+        ));
+    }
+    if p.refill_bytes == 0 || p.refill_bytes > p.capacity_bytes {
+        return Err(invalid(
+            "pool.refill_bytes",
+            "must be 1..=pool.capacity_bytes",
+        ));
+    }
+    if f.after_secs == 0 || f.after_secs > 3600 {
+        return Err(invalid("fallback.after_secs", "must be 1..=3600"));
+    }
+    if f.fill_bytes == 0 || f.fill_bytes > p.capacity_bytes {
+        return Err(invalid(
+            "fallback.fill_bytes",
+            "must be 1..=pool.capacity_bytes",
+        ));
+    }
+    Ok(())
+}
+
+/// `[http]`: someone may call it, rate limits are positive, waits and bodies are bounded.
+fn check_http(h: &HttpConfig) -> Result<(), ConfigError> {
+    if h.allow.is_empty() && h.listen.is_some() {
+        return Err(invalid(
+            "http.allow",
+            "empty: no client could call the HTTP shim",
+        ));
+    }
+    if h.rate_limit_per_second == 0 || h.rate_limit_burst == 0 {
+        return Err(invalid(
+            "http.rate_limit_per_second",
+            "rate and burst must be positive",
+        ));
+    }
+    if h.max_wait_ms > 30_000 {
+        return Err(invalid("http.max_wait_ms", "must be 0..=30000"));
+    }
+    if !(256..=1 << 20).contains(&h.max_request_bytes) {
+        return Err(invalid("http.max_request_bytes", "must be 256..=1048576"));
+    }
+    Ok(())
+}
+
+/// `[device]`: a valid node name, and a mountpoint for the FUSE face.
+fn check_device(d: &DeviceConfig) -> Result<(), ConfigError> {
+    if !crate::wire::is_valid_id(&d.name) {
+        return Err(invalid(
+            "device.name",
+            "must be 1-64 characters from [A-Za-z0-9._-]",
+        ));
+    }
+    if d.mode == DeviceMode::Fuse && d.mountpoint.is_none() {
+        return Err(invalid(
+            "device.mountpoint",
+            "required when device.mode = \"fuse\"",
+        ));
+    }
+    Ok(())
+}
+
+/// `[kernel]`: interval, feed size, budget and credit in their ranges.
+fn check_kernel(k: &KernelFeedConfig) -> Result<(), ConfigError> {
+    if !(1..=86_400).contains(&k.interval_secs) {
+        return Err(invalid("kernel.interval_secs", "must be 1..=86400"));
+    }
+    if !(1..=4096).contains(&k.feed_bytes) {
+        return Err(invalid("kernel.feed_bytes", "must be 1..=4096"));
+    }
+    if k.budget_bytes_per_minute < k.feed_bytes {
+        return Err(invalid(
+            "kernel.budget_bytes_per_minute",
+            "must be at least kernel.feed_bytes",
+        ));
+    }
+    if k.credit_bits_per_byte > 8 {
+        return Err(invalid("kernel.credit_bits_per_byte", "must be 0..=8"));
+    }
+    Ok(())
 }
 
 pub(crate) fn check_health(h: &HealthConfig) -> Result<(), ConfigError> {

@@ -325,7 +325,7 @@ impl FuseDevice {
         {
             // EBUSY: a reader still holds the file open (blocked in read). Detach the mount
             // now; the kernel ends it when the last reader lets go, instead of leaving a dead
-            // mount behind this process (found by tests/faults.rs, SIGTERM during a read).
+            // mount behind this process (found by tests/faults_root.rs, SIGTERM during a read).
             let mountpoint = self.path.parent().unwrap_or(&self.path);
             match nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH) {
                 Ok(()) => tracing::info!(error = %e, "FUSE mount busy; detached lazily"),

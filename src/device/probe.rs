@@ -100,117 +100,138 @@ pub fn entcnt(path: &Path) -> std::io::Result<i32> {
 pub fn run_checks(path: &Path, compare: &[PathBuf]) -> Vec<Check> {
     let mut out = Vec::new();
     out.push(check("concurrent-readers-distinct", || {
-        let readers: Vec<_> = [4096usize, 65536]
-            .into_iter()
-            .map(|bs| {
-                let p = path.to_owned();
-                std::thread::spawn(move || {
-                    open(&p, false).and_then(|mut f| read_n(&mut f, 65536, bs))
-                })
-            })
-            .collect();
-        let mut outputs = Vec::new();
-        for r in readers {
-            outputs.push(
-                r.join()
-                    .map_err(|_| "reader panicked".to_string())?
-                    .map_err(|e| format!("read: {e}"))?,
-            );
-        }
-        for c in compare {
-            let b = std::fs::read(c).map_err(|e| format!("{}: {e}", c.display()))?;
-            if b.is_empty() {
-                return Err(format!("{} is empty", c.display()));
-            }
-            outputs.push(b);
-        }
-        let total: usize = outputs.iter().map(Vec::len).sum();
-        match repeated_windows(&outputs) {
-            0 => Ok(format!(
-                "{} readers, {total} bytes, no repeated 16-byte window",
-                outputs.len()
-            )),
-            n => Err(format!("{n} repeated 16-byte windows in {total} bytes")),
-        }
+        concurrent_readers_distinct(path, compare)
     }));
     out.push(check("ioctl-rndgetentcnt", || {
         entcnt(path)
             .map(|b| format!("pool {b} bits"))
             .map_err(|e| format!("RNDGETENTCNT: {e}"))
     }));
-    out.push(check("ioctl-tcgets-enotty", || {
-        let f = open(path, false).map_err(|e| e.to_string())?;
-        match nix::sys::termios::tcgetattr(&f) {
-            Err(nix::errno::Errno::ENOTTY) => Ok("ENOTTY".into()),
-            Err(e) => Err(format!("expected ENOTTY, got {e}")),
-            Ok(_) => Err("the device claims to be a terminal".into()),
-        }
-    }));
+    out.push(check("ioctl-tcgets-enotty", || tcgets_enotty(path)));
     // Drain with O_NONBLOCK until EAGAIN, then poll: not readable, then woken by a refill.
     let mut drained = None;
     out.push(check("nonblock-eagain", || {
-        let mut f = open(path, true).map_err(|e| e.to_string())?;
-        let mut buf = vec![0u8; 131072];
-        let mut total = 0usize;
-        loop {
-            match f.read(&mut buf) {
-                Ok(n) => total += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) => return Err(format!("read: {e}")),
-            }
-            if total > 1 << 30 {
-                return Err("no EAGAIN after 1 GiB".into());
-            }
-        }
+        let (f, found) = drain_until_eagain(path)?;
         drained = Some(f);
-        Ok(format!("EAGAIN after draining {total} bytes"))
+        Ok(found)
     }));
     out.push(check("poll-wakes-on-refill", || {
-        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-        use std::os::fd::AsFd;
-        let mut f = drained
+        let f = drained
             .take()
             .ok_or("needs the drained file from nonblock-eagain")?;
-        let mut buf = vec![0u8; 131072];
-        for _ in 0..20 {
-            let mut fds = [PollFd::new(f.as_fd(), PollFlags::POLLIN)];
-            let idle = poll(&mut fds, PollTimeout::ZERO).map_err(|e| e.to_string())?;
-            if idle != 0 {
-                // A refill landed between the drain and this poll: drain again.
-                while f.read(&mut buf).is_ok() {}
-                continue;
-            }
-            let t = Instant::now();
-            let mut fds = [PollFd::new(f.as_fd(), PollFlags::POLLIN)];
-            let n = poll(&mut fds, PollTimeout::from(10_000u16)).map_err(|e| e.to_string())?;
-            let woke = fds[0]
-                .revents()
-                .is_some_and(|r| r.contains(PollFlags::POLLIN));
-            return if n == 1 && woke {
-                let got = f
-                    .read(&mut buf)
-                    .map_err(|e| format!("read after wake: {e}"))?;
-                Ok(format!(
-                    "not readable when empty; POLLIN {:.1} ms later, then read {got} bytes",
-                    t.elapsed().as_secs_f64() * 1e3
-                ))
-            } else {
-                Err("no POLLIN within 10 s of a drained pool".into())
-            };
-        }
-        Err("the pool never stayed empty long enough to poll it".into())
+        poll_wakes_on_refill(f)
     }));
     out.push(check("interrupt-eintr", || interrupted_read(path)));
-    out.push(check("blocking-read", || {
-        let mut f = open(path, false).map_err(|e| e.to_string())?;
-        let mut buf = vec![0u8; 65536];
-        let n = f.read(&mut buf).map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("read returned 0".into());
-        }
-        Ok(format!("{n} bytes"))
-    }));
+    out.push(check("blocking-read", || blocking_read(path)));
     out
+}
+
+/// Two readers at once (4 KiB and 64 KiB reads) and the `compare` files: no 16-byte window
+/// occurs twice among them.
+fn concurrent_readers_distinct(path: &Path, compare: &[PathBuf]) -> Result<String, String> {
+    let readers: Vec<_> = [4096usize, 65536]
+        .into_iter()
+        .map(|bs| {
+            let p = path.to_owned();
+            std::thread::spawn(move || open(&p, false).and_then(|mut f| read_n(&mut f, 65536, bs)))
+        })
+        .collect();
+    let mut outputs = Vec::new();
+    for r in readers {
+        outputs.push(
+            r.join()
+                .map_err(|_| "reader panicked".to_string())?
+                .map_err(|e| format!("read: {e}"))?,
+        );
+    }
+    for c in compare {
+        let b = std::fs::read(c).map_err(|e| format!("{}: {e}", c.display()))?;
+        if b.is_empty() {
+            return Err(format!("{} is empty", c.display()));
+        }
+        outputs.push(b);
+    }
+    let total: usize = outputs.iter().map(Vec::len).sum();
+    match repeated_windows(&outputs) {
+        0 => Ok(format!(
+            "{} readers, {total} bytes, no repeated 16-byte window",
+            outputs.len()
+        )),
+        n => Err(format!("{n} repeated 16-byte windows in {total} bytes")),
+    }
+}
+
+/// The device is not a terminal: `TCGETS` fails with ENOTTY.
+fn tcgets_enotty(path: &Path) -> Result<String, String> {
+    let f = open(path, false).map_err(|e| e.to_string())?;
+    match nix::sys::termios::tcgetattr(&f) {
+        Err(nix::errno::Errno::ENOTTY) => Ok("ENOTTY".into()),
+        Err(e) => Err(format!("expected ENOTTY, got {e}")),
+        Ok(_) => Err("the device claims to be a terminal".into()),
+    }
+}
+
+/// Reads with O_NONBLOCK until EAGAIN; returns the drained file for the poll check.
+fn drain_until_eagain(path: &Path) -> Result<(File, String), String> {
+    let mut f = open(path, true).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 131072];
+    let mut total = 0usize;
+    loop {
+        match f.read(&mut buf) {
+            Ok(n) => total += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => return Err(format!("read: {e}")),
+        }
+        if total > 1 << 30 {
+            return Err("no EAGAIN after 1 GiB".into());
+        }
+    }
+    Ok((f, format!("EAGAIN after draining {total} bytes")))
+}
+
+/// On the drained file: not readable at once, then POLLIN when a refill lands, then a read.
+fn poll_wakes_on_refill(mut f: File) -> Result<String, String> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let mut buf = vec![0u8; 131072];
+    for _ in 0..20 {
+        let mut fds = [PollFd::new(f.as_fd(), PollFlags::POLLIN)];
+        let idle = poll(&mut fds, PollTimeout::ZERO).map_err(|e| e.to_string())?;
+        if idle != 0 {
+            // A refill landed between the drain and this poll: drain again.
+            while f.read(&mut buf).is_ok() {}
+            continue;
+        }
+        let t = Instant::now();
+        let mut fds = [PollFd::new(f.as_fd(), PollFlags::POLLIN)];
+        let n = poll(&mut fds, PollTimeout::from(10_000u16)).map_err(|e| e.to_string())?;
+        let woke = fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN));
+        return if n == 1 && woke {
+            let got = f
+                .read(&mut buf)
+                .map_err(|e| format!("read after wake: {e}"))?;
+            Ok(format!(
+                "not readable when empty; POLLIN {:.1} ms later, then read {got} bytes",
+                t.elapsed().as_secs_f64() * 1e3
+            ))
+        } else {
+            Err("no POLLIN within 10 s of a drained pool".into())
+        };
+    }
+    Err("the pool never stayed empty long enough to poll it".into())
+}
+
+/// A blocking read returns bytes.
+fn blocking_read(path: &Path) -> Result<String, String> {
+    let mut f = open(path, false).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 65536];
+    let n = f.read(&mut buf).map_err(|e| e.to_string())?;
+    if n == 0 {
+        return Err("read returned 0".into());
+    }
+    Ok(format!("{n} bytes"))
 }
 
 extern "C" fn ignore_signal(_: nix::libc::c_int) {}

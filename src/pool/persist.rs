@@ -194,7 +194,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
         .open(&tmp)
         .map_err(io_err(&tmp))?;
     if let Err(e) = f.write_all(bytes).and_then(|()| f.sync_all()) {
-        // A partial file would keep a full disk full (found by tests/faults.rs, disk full
+        // A partial file would keep a full disk full (found by tests/faults_root.rs, disk full
         // when sealing); nothing reads it, so it goes.
         drop(f);
         let _ = std::fs::remove_file(&tmp);

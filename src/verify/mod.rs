@@ -211,7 +211,7 @@ struct ReplayCache {
     /// The latest expiry of a nonce forgotten by [`Self::prune`]: a packet expiring no later
     /// could be one whose nonce is gone, so it is refused as a replay. Pruning follows the wall
     /// clock, which can step: ahead, it forgets nonces of packets that are still live once it
-    /// steps back (found by `tests/faults.rs`, `daemon_clock_stepped_two_minutes_both_ways`).
+    /// steps back (found by `tests/faults_root.rs`, `daemon_clock_stepped_two_minutes_both_ways`).
     horizon_ms: u64,
     /// The nonces on disk (see [`journal`]); `None` when the daemon keeps no replay state.
     journal: Option<journal::Journal>,
@@ -404,9 +404,44 @@ impl Verifier {
     /// Every check of [`Self::verify`]; the nonce is recorded (in memory and appended to the
     /// journal) but not yet synced.
     pub fn verify_unsynced(&self, bytes: &[u8], now_ms: u64) -> Result<Unsynced, Reject> {
-        let p = &self.policy;
         let decoded = Packet::decode(bytes)?;
         let pkt = decoded.packet;
+        self.check_addressed_and_fresh(&pkt, now_ms)?;
+        self.check_hub_signature(&pkt, decoded.signed)?;
+        let with_nodes = pkt
+            .provenance
+            .iter()
+            .any(|s| s.kind == SourceKind::Decentralized && s.contributes());
+        if with_nodes {
+            self.check_round_fresh(&pkt)?;
+        }
+        let have = self.check_nodes(&pkt)?;
+        if have < self.policy.min_node_quorum {
+            return Err(Reject::QuorumNotMet {
+                have,
+                need: self.policy.min_node_quorum,
+            });
+        }
+        self.check_proof(&pkt)?;
+        // Mixed output claims full entropy: test it as 8 bits per byte, fresh for each packet.
+        HealthTester::new(self.policy.alpha_exp, 8.0)
+            .feed(pkt.entropy.expose())
+            .map_err(|e| Reject::Health(pkt.key_id, e))?;
+        self.remember(&pkt, with_nodes)?;
+        let class = pkt.provenance_class();
+        Ok(Unsynced(VerifiedPacket {
+            entropy: pkt.entropy,
+            class,
+            key_id: pkt.key_id,
+            nonce: pkt.nonce,
+            sequence: pkt.sequence,
+            provenance: pkt.provenance,
+        }))
+    }
+
+    /// The cheap checks: recipient, time window, replay floor, nonce not seen yet.
+    fn check_addressed_and_fresh(&self, pkt: &Packet, now_ms: u64) -> Result<(), Reject> {
+        let p = &self.policy;
         if pkt.recipient != p.recipient {
             return Err(Reject::WrongRecipient);
         }
@@ -419,13 +454,16 @@ impl Verifier {
         if pkt.issued_at_ms < self.floor_ms {
             return Err(Reject::IssuedBeforeStart);
         }
-        {
-            let mut cache = self.replay();
-            cache.prune(now_ms, p.max_skew_ms);
-            if cache.seen.contains_key(&pkt.nonce) || pkt.expires_at_ms <= cache.horizon_ms {
-                return Err(Reject::Replayed);
-            }
+        let mut cache = self.replay();
+        cache.prune(now_ms, p.max_skew_ms);
+        if cache.seen.contains_key(&pkt.nonce) || pkt.expires_at_ms <= cache.horizon_ms {
+            return Err(Reject::Replayed);
         }
+        Ok(())
+    }
+
+    /// The hub's signature over `signed`, by a trusted key of the algorithm the packet names.
+    fn check_hub_signature(&self, pkt: &Packet, signed: &[u8]) -> Result<(), Reject> {
         let key = self
             .keys
             .read()
@@ -441,37 +479,34 @@ impl Verifier {
             });
         }
         if !fuzzing::signatures_waived()
-            && !key.verify(&crate::wire::signing_digest(decoded.signed), &pkt.signature)
+            && !key.verify(&crate::wire::signing_digest(signed), &pkt.signature)
         {
             return Err(Reject::BadSignature);
         }
-        let with_nodes = pkt
-            .provenance
-            .iter()
-            .any(|s| s.kind == SourceKind::Decentralized && s.contributes());
-        if with_nodes {
-            // The nodes' round is bound to the packet's issue time: rounds are the hub's clock in
-            // microseconds, so an old round cannot back a new packet.
-            let round_ms = pkt.round / 1000;
-            if pkt.issued_at_ms.abs_diff(round_ms) > MAX_LIFETIME_MS + p.max_skew_ms {
-                return Err(Reject::StaleRound);
-            }
-            if self.replay().seen.contains_key(&round_key(pkt.round)) {
-                return Err(Reject::RoundReplayed);
-            }
+        Ok(())
+    }
+
+    /// A packet with node contributions: its nodes' round is bound to the packet's issue time
+    /// (rounds are the hub's clock in microseconds, so an old round cannot back a new packet)
+    /// and has not backed another packet.
+    fn check_round_fresh(&self, pkt: &Packet) -> Result<(), Reject> {
+        let round_ms = pkt.round / 1000;
+        if pkt.issued_at_ms.abs_diff(round_ms) > MAX_LIFETIME_MS + self.policy.max_skew_ms {
+            return Err(Reject::StaleRound);
         }
-        let have = self.check_nodes(&pkt)?;
-        if have < p.min_node_quorum {
-            return Err(Reject::QuorumNotMet {
-                have,
-                need: p.min_node_quorum,
-            });
+        if self.replay().seen.contains_key(&round_key(pkt.round)) {
+            return Err(Reject::RoundReplayed);
         }
+        Ok(())
+    }
+
+    /// The proof policy, and the mixing proof when the packet carries one.
+    fn check_proof(&self, pkt: &Packet) -> Result<(), Reject> {
         match pkt.proof_alg {
-            PROOF_NONE if p.require_proof => return Err(Reject::ProofRequired),
-            PROOF_NONE => {}
+            PROOF_NONE if self.policy.require_proof => Err(Reject::ProofRequired),
+            PROOF_NONE => Ok(()),
             PROOF_STARK_RP64 if pkt.mix_alg != MIX_RP64 => {
-                return Err(Reject::ProofForOtherMixer(pkt.mix_alg));
+                Err(Reject::ProofForOtherMixer(pkt.mix_alg))
             }
             PROOF_STARK_RP64 => {
                 let parts: Vec<PublicPart> = pkt
@@ -485,64 +520,55 @@ impl Verifier {
                     })
                     .collect();
                 stark::verify(pkt.round, &parts, pkt.entropy.expose(), &pkt.proof)
-                    .map_err(Reject::BadProof)?;
+                    .map_err(Reject::BadProof)
             }
-            other => return Err(Reject::UnsupportedProof(other)),
+            other => Err(Reject::UnsupportedProof(other)),
         }
-        // Mixed output claims full entropy: test it as 8 bits per byte, fresh for each packet.
-        HealthTester::new(p.alpha_exp, 8.0)
-            .feed(pkt.entropy.expose())
-            .map_err(|e| Reject::Health(pkt.key_id, e))?;
+    }
+
+    /// Records the nonce (and the nodes' round) as seen, in memory and in the replay journal:
+    /// the last step, so only packets that passed every check fill the cache.
+    fn remember(&self, pkt: &Packet, with_nodes: bool) -> Result<(), Reject> {
+        let mut cache = self.replay();
+        if cache.seen.len() >= self.policy.replay_capacity {
+            return Err(Reject::ReplayCacheFull);
+        }
+        let round = with_nodes.then(|| {
+            // Kept while a packet naming this round could still pass the freshness check.
+            let exp = (pkt.round / 1000).saturating_add(2 * MAX_LIFETIME_MS);
+            (round_key(pkt.round), exp)
+        });
+        if let Some((k, _)) = round
+            && cache.seen.contains_key(&k)
         {
-            let mut cache = self.replay();
-            if cache.seen.len() >= p.replay_capacity {
-                return Err(Reject::ReplayCacheFull);
+            return Err(Reject::RoundReplayed);
+        }
+        // Insert-if-absent: of two concurrent copies of one packet, exactly one gets here first.
+        if cache.seen.insert(pkt.nonce, pkt.expires_at_ms).is_some() {
+            return Err(Reject::Replayed);
+        }
+        debug_assert!(pkt.expires_at_ms - pkt.issued_at_ms <= MAX_LIFETIME_MS);
+        cache.order.push_back((pkt.nonce, pkt.expires_at_ms));
+        let mut records = vec![(pkt.nonce, pkt.expires_at_ms)];
+        if let Some((k, exp)) = round {
+            cache.seen.insert(k, exp);
+            cache.order.push_back((k, exp));
+            records.push((k, exp));
+        }
+        let live = cache.order.len();
+        let ReplayCache { order, journal, .. } = &mut *cache;
+        if let Some(j) = journal.as_mut() {
+            // On failure the nonce stays remembered in memory: refusing it again is safe.
+            for (k, exp) in &records {
+                j.append(k, *exp).map_err(Reject::ReplayState)?;
             }
-            let round = with_nodes.then(|| {
-                // Kept while a packet naming this round could still pass the freshness check.
-                let exp = (pkt.round / 1000).saturating_add(2 * MAX_LIFETIME_MS);
-                (round_key(pkt.round), exp)
-            });
-            if let Some((k, _)) = round
-                && cache.seen.contains_key(&k)
+            if j.wants_compaction(live)
+                && let Err(e) = j.compact(&mut order.iter().copied())
             {
-                return Err(Reject::RoundReplayed);
-            }
-            // Insert-if-absent: of two concurrent copies of one packet, exactly one gets here first.
-            if cache.seen.insert(pkt.nonce, pkt.expires_at_ms).is_some() {
-                return Err(Reject::Replayed);
-            }
-            debug_assert!(pkt.expires_at_ms - pkt.issued_at_ms <= MAX_LIFETIME_MS);
-            cache.order.push_back((pkt.nonce, pkt.expires_at_ms));
-            let mut records = vec![(pkt.nonce, pkt.expires_at_ms)];
-            if let Some((k, exp)) = round {
-                cache.seen.insert(k, exp);
-                cache.order.push_back((k, exp));
-                records.push((k, exp));
-            }
-            let live = cache.order.len();
-            let ReplayCache { order, journal, .. } = &mut *cache;
-            if let Some(j) = journal.as_mut() {
-                // On failure the nonce stays remembered in memory: refusing it again is safe.
-                for (k, exp) in &records {
-                    j.append(k, *exp).map_err(Reject::ReplayState)?;
-                }
-                if j.wants_compaction(live)
-                    && let Err(e) = j.compact(&mut order.iter().copied())
-                {
-                    tracing::warn!(error = %e, file = %j.path().display(), "replay journal compaction failed");
-                }
+                tracing::warn!(error = %e, file = %j.path().display(), "replay journal compaction failed");
             }
         }
-        let class = pkt.provenance_class();
-        Ok(Unsynced(VerifiedPacket {
-            entropy: pkt.entropy,
-            class,
-            key_id: pkt.key_id,
-            nonce: pkt.nonce,
-            sequence: pkt.sequence,
-            provenance: pkt.provenance,
-        }))
+        Ok(())
     }
 
     /// Nonces currently remembered (for stats).

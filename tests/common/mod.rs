@@ -1,8 +1,30 @@
 //! Shared fixtures for the integration tests: a throwaway fleet (keys, PKI, configs) and real
-//! kirqd / kirq-hub processes on loopback.
+//! kirqd / kirq-hub processes on loopback, waits, metric scrapes, node processes ([`nodes`]), the
+//! source tests' loopback HTTPS servers ([`sources`]), the .deb ([`deb`]) and the one qemu VM
+//! harness ([`vm`]).
+//!
+//! Naming: `tests/<what>[_<component>].rs`. `<what>` is what the file tests (`source_` for a
+//! source adapter, e.g. `source_rest`); the suffix names the real component it needs beyond cargo
+//! and Kirq's own binaries on loopback. Without the component the test fails with an install
+//! hint (`need_program`, `need_path`); it never skips.
+//!
+//! | suffix      | needs |
+//! |-------------|-------|
+//! | (none)      | nothing more (at most util-linux, e.g. prlimit); any user |
+//! | `_vm`       | a qemu VM: qemu-system-x86, busybox-static, cpio, the Debian kernel package (apt) |
+//! | `_fuse`     | root and /dev/fuse (a FUSE mount), and the tools that read it |
+//! | `_root`     | root for the host kernel: RNDADDENTROPY, network namespaces, mounts |
+//! | `_softhsm`  | SoftHSM2 |
+//! | `_curl`     | curl |
+//! | `_promtool` | promtool (prometheus) |
+//! | `_python`   | Python tools from scripts/pip-packages.txt (`./scripts/test.sh` installs them) |
+//! | `_dpkg`     | cargo-deb, dpkg, systemd-analyze, selinux-policy-dev |
+//! | `_nspawn`   | root, systemd-nspawn (systemd as PID 1), cargo-deb, dpkg |
 #![allow(dead_code)]
 
 pub mod deb;
+pub mod nodes;
+pub mod sources;
 pub mod vm;
 
 use std::io::Read;
@@ -125,13 +147,18 @@ type = "local"
         format!("http://127.0.0.1:{}{path}", self.http_port)
     }
 
-    /// An HTTPS client holding the hub's certificate, for talking to the receive listener.
-    pub fn hub_client(&self) -> reqwest::blocking::Client {
-        let id = kirq::tls::Identity::load(
+    /// The hub's TLS certificate and key.
+    pub fn hub_identity(&self) -> kirq::tls::Identity {
+        kirq::tls::Identity::load(
             &self.path(&format!("{HUB_ID}.crt")),
             &self.path(&format!("{HUB_ID}.key")),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// An HTTPS client holding the hub's certificate, for talking to the receive listener.
+    pub fn hub_client(&self) -> reqwest::blocking::Client {
+        let id = self.hub_identity();
         let ca = kirq::tls::load_certs(&self.path("daemon-ca.pem")).unwrap();
         let cfg = kirq::tls::client_config(&id, &ca, false).unwrap();
         reqwest::blocking::Client::builder()
@@ -186,6 +213,40 @@ type = "local"
             h["pool"]["total_bytes"].as_u64().unwrap(),
             h["pool"]["admitted_bytes_total"].as_u64().unwrap(),
         )
+    }
+
+    /// POSTs `{"num_bytes": n}` to /api/rng/random: the bytes on 200, None on 503 (the pool
+    /// cannot serve `n` now); any other answer fails the test.
+    pub fn take(&self, client: &reqwest::blocking::Client, n: usize) -> Option<Vec<u8>> {
+        let r = client
+            .post(self.http("/api/rng/random"))
+            .json(&serde_json::json!({ "num_bytes": n }))
+            .send()
+            .unwrap();
+        match r.status().as_u16() {
+            200 => {
+                let v: serde_json::Value = r.json().unwrap();
+                Some(hex::decode(v["random_data"].as_str().unwrap()).unwrap())
+            }
+            503 => None,
+            s => panic!("unexpected status {s}: {}", r.text().unwrap()),
+        }
+    }
+
+    /// Takes everything the pool holds (requests of at most `max_request` bytes), until it is
+    /// empty; a 503 is asked again.
+    pub fn drain(&self, max_request: u64) -> Vec<Vec<u8>> {
+        let c = reqwest::blocking::Client::new();
+        let mut out = Vec::new();
+        loop {
+            let (left, _) = self.pool();
+            if left == 0 {
+                return out;
+            }
+            if let Some(b) = self.take(&c, usize::try_from(left.min(max_request)).unwrap()) {
+                out.push(b);
+            }
+        }
     }
 
     /// Packets refused for `reason`, as `/api/rng/stats` counts them.
@@ -276,14 +337,11 @@ impl Proc {
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "process ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_exit(
+            &mut self.child,
+            Duration::from_secs(10),
+            "process ignored SIGTERM",
+        )
     }
 }
 
@@ -316,9 +374,7 @@ pub fn kirqd_with(
     argv.extend(extra);
     let (program, args) = argv.split_first().expect("a program");
     let p = Proc::spawn(program, args, &fleet.path("kirqd.log"), env);
-    wait_for(Duration::from_secs(20), "kirqd HTTP shim", || {
-        reqwest::blocking::get(fleet.http("/api/rng/health")).is_ok()
-    });
+    wait_for_shim(fleet);
     p
 }
 
@@ -339,12 +395,41 @@ pub fn hub_with(fleet: &Fleet, config: &Path, wrapper: &[&str], env: &[(&str, &s
     ]);
     let (program, args) = argv.split_first().expect("a program");
     let p = Proc::spawn(program, args, &log, env);
-    wait_for(Duration::from_secs(20), "kirq-hub pull listener", || {
-        std::net::TcpStream::connect(("127.0.0.1", fleet.hub_port)).is_ok()
-    });
+    wait_for_port(
+        fleet.hub_port,
+        Duration::from_secs(20),
+        "kirq-hub pull listener",
+    );
     p
 }
 
+/// Waits (`limit` at most, else fails with `failure`) until `child` exits; its status.
+pub fn wait_exit(child: &mut Child, limit: Duration, failure: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{failure}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits (20 s at most) until the fleet's kirqd answers on its HTTP shim.
+pub fn wait_for_shim(fleet: &Fleet) {
+    wait_for(Duration::from_secs(20), "kirqd HTTP shim", || {
+        reqwest::blocking::get(fleet.http("/api/rng/health")).is_ok()
+    });
+}
+
+/// Waits until something listens on 127.0.0.1:`port`.
+pub fn wait_for_port(port: u16, limit: Duration, what: &str) {
+    wait_for(limit, what, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+}
+
+/// Polls `ok` every 50 ms until it holds; fails after `limit`, naming `what`.
 pub fn wait_for(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !ok() {
@@ -354,6 +439,39 @@ pub fn wait_for(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Polls `ok` every `every` for at most `limit`, without failing: whether it came to hold.
+pub fn wait_at_most(limit: Duration, every: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while !ok() {
+        if t0.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+    true
+}
+
+/// The Prometheus text that `url` serves.
+pub fn scrape(url: &str) -> String {
+    reqwest::blocking::get(url)
+        .and_then(|r| r.text())
+        .unwrap_or_else(|e| panic!("scrape {url}: {e}"))
+}
+
+/// The value on the first line of a Prometheus text scrape that starts with `prefix` (the
+/// series with its labels and the space before the value, e.g. `kirq_x_total{reason="y"} `);
+/// None when no line does.
+pub fn metric<T: std::str::FromStr>(text: &str, prefix: &str) -> Option<T>
+where
+    T::Err: std::fmt::Debug,
+{
+    text.lines().find_map(|l| l.strip_prefix(prefix)).map(|v| {
+        v.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{prefix}{v}: not a number: {e:?}"))
+    })
 }
 
 pub fn get_json(url: &str) -> serde_json::Value {

@@ -1,7 +1,11 @@
-//! The qemu VM harness from Rust: prepares the guest's files (keys, certificates, config and a
-//! spool of packets signed on the host for the guest daemon) and runs tests/vm/run.sh.
+//! The qemu VM harness, the only one: [`boot`] runs tests/vm/run.sh, which boots the current
+//! Debian kernel under qemu (TCG) with the modules, programs and guest script a test names, and
+//! returns the console. Every VM test and benchmark goes through it: the CUSE device
+//! (tests/cuse_vm.rs, benches/device.rs: [`prepare`] and [`run`]) and the usb source
+//! (tests/source_usb_vm.rs). Guest scripts live beside the runner in tests/vm/.
 //!
-//! The guest pool starts from packets built here by a hub whose source is this host's OS RNG:
+//! For the CUSE guest, [`prepare`] writes the guest's files (keys, certificates, config and a
+//! spool of packets signed on the host for the guest daemon). The guest pool starts from packets built here by a hub whose source is this host's OS RNG:
 //! independent of the guest kernel, so crediting them to the guest's pool (`credit_local`) is
 //! honest, and nothing in the guest has to wait for its own CRNG before the feeder runs.
 
@@ -156,29 +160,48 @@ interval_secs = 60
     files
 }
 
-/// Boots the VM in `mode` (`check` or `bench`) and returns its console output.
-pub async fn run(kirqd: &Path, files: &Path, work: &Path, mode: &str) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm/run.sh");
-    let args: Vec<std::ffi::OsString> = vec![
-        "-k".into(),
-        "10".into(),
-        "600".into(),
-        script.into(),
-        cache_dir().into(),
-        work.into(),
-        kirqd.into(),
-        files.into(),
-        mode.into(),
-    ];
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("timeout")
-            .args(&args)
-            .stdin(std::process::Stdio::null())
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("run tests/vm/run.sh");
+/// One VM run: what goes into the guest, and its limits.
+pub struct Boot<'a> {
+    /// The guest script under tests/vm/ that the guest's /init sources after loading `modules`.
+    pub guest: &'a str,
+    /// Kernel modules in load order, as paths below the package's `lib/modules/VERSION/kernel/`.
+    pub modules: &'a [&'a str],
+    /// Programs for the guest: (host path, guest path); shared libraries come along.
+    pub programs: &'a [(&'a Path, &'a str)],
+    /// Copied to /kirq in the guest.
+    pub files: &'a Path,
+    pub memory_mb: u32,
+    /// How long qemu may run before it is killed.
+    pub timeout_secs: u32,
+}
+
+/// The modules the CUSE guest loads.
+pub const CUSE_MODULES: [&str; 2] = ["fs/fuse/fuse.ko", "fs/fuse/cuse.ko"];
+
+fn command(b: &Boot, work: &Path) -> std::process::Command {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm");
+    let mut cmd = std::process::Command::new("timeout");
+    cmd.args(["-k", "10", "600"])
+        .arg(root.join("run.sh"))
+        .arg(cache_dir())
+        .arg(work)
+        .arg(root.join(b.guest))
+        .arg(b.files)
+        .arg(b.modules.join(" "));
+    for (src, dst) in b.programs {
+        let mut arg = src.as_os_str().to_owned();
+        arg.push("=");
+        arg.push(dst);
+        cmd.arg(arg);
+    }
+    cmd.env("KIRQ_VM_MEMORY_MB", b.memory_mb.to_string())
+        .env("KIRQ_VM_TIMEOUT_SECS", b.timeout_secs.to_string())
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
+fn console(out: std::io::Result<std::process::Output>) -> String {
+    let out = out.expect("run tests/vm/run.sh");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -187,6 +210,35 @@ pub async fn run(kirqd: &Path, files: &Path, work: &Path, mode: &str) -> String 
         String::from_utf8_lossy(&out.stderr)
     );
     text
+}
+
+/// Boots the VM (blocking; `work` is scratch space) and returns its console output. Fails when
+/// a tool is missing (with the package to install) or the runner fails.
+pub fn boot(b: &Boot, work: &Path) -> String {
+    need_vm_tools();
+    console(command(b, work).output())
+}
+
+/// Boots the CUSE guest with kirqd in `mode` (`check` or `bench`) and returns its console output.
+pub async fn run(kirqd: &Path, files: &Path, work: &Path, mode: &str) -> String {
+    need_vm_tools();
+    std::fs::write(files.join("mode"), mode).expect("mode");
+    let mut cmd = command(
+        &Boot {
+            guest: "cuse.sh",
+            modules: &CUSE_MODULES,
+            programs: &[(kirqd, "/kirqd")],
+            files,
+            memory_mb: 768,
+            timeout_secs: 240,
+        },
+        work,
+    );
+    console(
+        tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .expect("join"),
+    )
 }
 
 /// The result lines (KIRQ-VM / KIRQ-PROBE) of a run, without terminal colour codes.

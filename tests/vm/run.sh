@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Boots a Debian kernel that has cuse.ko under qemu (TCG) with kirqd in an initramfs and runs the
-# device checks (or the benchmark) in the guest. Prints the guest's console; result lines start
-# with KIRQ-VM or KIRQ-PROBE.
+# The one qemu VM runner of the test suite (tests/common/vm.rs calls it): boots the current Debian
+# kernel under qemu (TCG) with an initramfs of busybox, the kernel modules asked for, the programs
+# asked for (with the shared libraries ldd lists) and the guest files; tests/vm/init loads the
+# modules and runs the guest script. Prints the guest's console; result lines start with KIRQ-VM.
 #
-# usage: tests/vm/run.sh CACHE_DIR WORK_DIR KIRQD FILES_DIR [check|bench]
-#   CACHE_DIR  keeps the downloaded kernel package and the three files taken from it
+# usage: tests/vm/run.sh CACHE_DIR WORK_DIR GUEST FILES_DIR MODULES [SRC=DEST]...
+#   CACHE_DIR  keeps the downloaded kernel package and the files taken from it
 #   WORK_DIR   scratch space for the initramfs
-#   KIRQD      the kirqd binary to test (stripped into the initramfs)
-#   FILES_DIR  guest files: kirqd.toml, keys, certificates, spool.bin, name (the device name)
+#   GUEST      the script the guest's /init sources after loading the modules (tests/vm/*.sh)
+#   FILES_DIR  guest files, copied to /kirq
+#   MODULES    kernel modules in load order, space separated, as paths below the package's
+#              lib/modules/VERSION/kernel/ (e.g. "fs/fuse/fuse.ko fs/fuse/cuse.ko")
+#   SRC=DEST   a program to put at DEST in the guest, without debug info
+# environment: KIRQ_VM_MEMORY_MB (768), KIRQ_VM_TIMEOUT_SECS (240)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-cache=$1 work=$2 kirqd=$3 files=$4 mode=${5:-check}
+cache=$1 work=$2 guest=$3 files=$4 modules=$5
+shift 5
+memory=${KIRQ_VM_MEMORY_MB:-768} limit=${KIRQ_VM_TIMEOUT_SECS:-240}
 mkdir -p "$cache" "$work"
 t_start=$(date +%s.%N)
 
@@ -19,53 +26,65 @@ for p in qemu-system-x86_64:qemu-system-x86 busybox:busybox-static cpio:cpio dpk
   command -v "${p%%:*}" >/dev/null || { echo "error: ${p%%:*} is missing: apt-get install ${p#*:}" >&2; exit 2; }
 done
 
-# 1. The kernel: vmlinuz, fuse.ko and cuse.ko out of the current Debian kernel package (cached).
-if [ ! -f "$cache/vmlinuz" ] || [ ! -f "$cache/cuse.ko" ] || [ ! -f "$cache/fuse.ko" ]; then
-  deb=$(ls "$cache"/linux-image-*-amd64_*.deb 2>/dev/null | head -n1 || true)
+# 1. The kernel: vmlinuz and the modules out of the Debian kernel package, kept in
+#    CACHE_DIR/VERSION/ (the package itself is kept too, so other modules need no download).
+deb=$(ls "$cache"/linux-image-*-amd64_*.deb 2>/dev/null | head -n1 || true)
+if [ -n "$deb" ]; then
+  pkg=$(basename "$deb" | sed -E 's/_.*//')
+else
+  pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+  if [ -z "$pkg" ]; then
+    apt-get update -qq >/dev/null
+    pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+  fi
+  [ -n "$pkg" ] || { echo "error: cannot find the Debian kernel package (apt-cache depends linux-image-amd64); run apt-get update as root" >&2; exit 2; }
+fi
+ver=${pkg#linux-image-}
+tree="$cache/$ver"
+members=("./boot/vmlinuz-$ver")
+for m in $modules; do members+=("./lib/modules/$ver/kernel/$m"); done
+missing=()
+for m in "${members[@]}"; do [ -f "$tree/$m" ] || missing+=("$m"); done
+if [ ${#missing[@]} -gt 0 ]; then
   if [ -z "$deb" ]; then
-    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-    if [ -z "$pkg" ]; then
-      apt-get update -qq >/dev/null
-      pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-    fi
-    [ -n "$pkg" ] || { echo "error: cannot find the Debian kernel package (apt-cache depends linux-image-amd64)" >&2; exit 2; }
     echo "== downloading $pkg"
     (cd "$cache" && apt-get download -q "$pkg" 2>&1 | grep -v "^W: Download is performed unsandboxed" >&2 || true)
     deb=$(ls "$cache"/linux-image-*-amd64_*.deb | head -n1)
   fi
-  ver=$(basename "$deb" | sed -E 's/^linux-image-(.*-amd64)_.*/\1/')
-  rm -rf "$cache/x" && mkdir -p "$cache/x"
-  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$cache/x" "./boot/vmlinuz-$ver" \
-    "./lib/modules/$ver/kernel/fs/fuse/fuse.ko" "./lib/modules/$ver/kernel/fs/fuse/cuse.ko"
-  mv "$cache/x/boot/vmlinuz-$ver" "$cache/vmlinuz"
-  mv "$cache/x/lib/modules/$ver/kernel/fs/fuse/fuse.ko" "$cache/x/lib/modules/$ver/kernel/fs/fuse/cuse.ko" "$cache/"
-  echo "$ver" > "$cache/version"
-  rm -rf "$cache/x"
+  mkdir -p "$tree"
+  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tree" "${missing[@]}"
 fi
 
-# 2. The initramfs: busybox, the modules, kirqd with the libraries ldd lists, the guest files.
+# 2. The initramfs: busybox, the modules, the programs with the libraries ldd lists, the files.
 root="$work/root"
-rm -rf "$root" && mkdir -p "$root"/{bin,dev,proc,sys,tmp,lib/modules,kirq}
+rm -rf "$root" && mkdir -p "$root"/{bin,dev,proc,sys,tmp,lib/modules,kirq,etc}
 cp "$(command -v busybox)" "$root/bin/busybox"
-cp "$cache/fuse.ko" "$cache/cuse.ko" "$root/lib/modules/"
-strip -o "$root/kirqd" "$kirqd"
-for lib in $(ldd "$kirqd" | grep -oE '/[^ ]+\.so[^ ]*'); do
-  mkdir -p "$root$(dirname "$lib")" && cp -L "$lib" "$root$lib"
+: > "$root/kirq/modules"
+for m in $modules; do
+  cp "$tree/lib/modules/$ver/kernel/$m" "$root/lib/modules/"
+  basename "$m" >> "$root/kirq/modules"
+done
+for b in "$@"; do
+  src=${b%%=*} dst=${b#*=}
+  mkdir -p "$root$(dirname "$dst")"
+  strip --strip-debug -o "$root$dst" "$src"
+  for lib in $(ldd "$src" | grep -oE '/[^ ]+\.so[^ ]*'); do
+    mkdir -p "$root$(dirname "$lib")" && cp -L "$lib" "$root$lib"
+  done
 done
 cp -r "$files"/. "$root/kirq/"
+cp "$guest" "$root/kirq/guest.sh"
 # `localhost` must resolve without DNS (the demo's hub and daemon find each other by that name).
-mkdir -p "$root/etc"
 echo "127.0.0.1 localhost" > "$root/etc/hosts"
 echo "hosts: files" > "$root/etc/nsswitch.conf"
-echo "$mode" > "$root/kirq/mode"
 cp "$here/init" "$root/init" && chmod 755 "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$work/initrd.gz"
 t_built=$(date +%s.%N)
 
 # 3. Boot under TCG (default CPU model: no RDRAND, so the CRNG starts unseeded).
-timeout 240 qemu-system-x86_64 -accel tcg -m 768 -smp 1 -nographic -no-reboot -nodefaults \
-  -serial stdio -kernel "$cache/vmlinuz" -initrd "$work/initrd.gz" \
+timeout "$limit" qemu-system-x86_64 -accel tcg -m "$memory" -smp 1 -nographic -no-reboot -nodefaults \
+  -serial stdio -kernel "$tree/boot/vmlinuz-$ver" -initrd "$work/initrd.gz" \
   -append 'console=ttyS0 panic=-1 quiet' </dev/null | tr -d '\r'
 t_end=$(date +%s.%N)
-awk -v a="$t_start" -v b="$t_built" -v c="$t_end" -v k="$(cat "$cache/version")" \
+awk -v a="$t_start" -v b="$t_built" -v c="$t_end" -v k="$ver" \
   'BEGIN { printf "KIRQ-VM host build_s=%.1f boot_to_poweroff_s=%.1f kernel=%s\n", b - a, c - b, k }'

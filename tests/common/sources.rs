@@ -1,6 +1,5 @@
 //! Shared by the source tests: a loopback HTTPS server with its own CA, and a packet factory.
-//! (Named apart from other suites' `tests/common` so the branches merge without a clash.)
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -6,7 +6,7 @@
 //! temporary root. A missing tool fails the test with the command that installs it.
 //!
 //! The .deb here packs the test build's binaries (stripped): it checks the packaging, not the
-//! optimiser, and saves a second full build (`common::deb`, shared with tests/systemd_live.rs,
+//! optimiser, and saves a second full build (`common::deb`, shared with tests/systemd_nspawn.rs,
 //! which installs it under a booted systemd). Release packages come from `scripts/build-deb.sh`.
 
 mod common;

@@ -42,7 +42,7 @@ fn python() -> String {
         "python3 cannot import dilithium_py. Run ./scripts/test.sh (it installs \
          scripts/pip-packages.txt into target/test-venv), or: python3 -m venv target/test-venv && \
          target/test-venv/bin/pip install dilithium-py==1.5.1 && \
-         PATH=$PWD/target/test-venv/bin:$PATH cargo test --test ml_dsa_interop"
+         PATH=$PWD/target/test-venv/bin:$PATH cargo test --test ml_dsa_interop_python"
     );
     "python3".into()
 }

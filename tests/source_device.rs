@@ -3,13 +3,13 @@
 // Helpers outside #[test] fns unwrap too: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-mod source_support;
+mod common;
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use source_support::source_from_toml;
+use common::sources::source_from_toml;
 
 struct Pty {
     master: File,
@@ -123,7 +123,7 @@ async fn packets_built_at_once_take_turns_at_a_slow_device() {
         "type = \"device\"\nid = \"trickle\"\npath = \"{}\"\ntimeout_ms = 3000",
         p.path
     ));
-    let f = source_support::factory(vec![src], kirq::config::HybridConfig::default());
+    let f = common::sources::factory(vec![src], kirq::config::HybridConfig::default());
     let m = kirq::metrics::HubMetrics::new();
     let (a, b) = tokio::join!(f.build("d1", 1024, &m), f.build("d2", 1024, &m));
     assert!(a.is_ok() && b.is_ok(), "{:?} / {:?}", a.err(), b.err());

@@ -7,16 +7,16 @@
 // Helpers outside #[test] fns unwrap too: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-mod source_support;
+mod common;
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use common::sources::{factory, source_from_toml};
 use kirq::config::HybridConfig;
 use kirq::metrics::HubMetrics;
 use kirq::wire::{Packet, SourceKind};
-use source_support::{factory, source_from_toml};
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const LABEL: &str = "kirq-test";

@@ -4,7 +4,7 @@
 // Helpers outside #[test] fns unwrap too: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-mod source_support;
+mod common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,13 +15,13 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use common::sources::{TlsServer, https_server, random, source_from_toml};
 use kirq::pki::{Ca, Leaf};
 use kirq::sources::Source;
 use p256::ecdsa::signature::Signer;
 use p256::pkcs8::DecodePrivateKey;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use source_support::{TlsServer, https_server, random, source_from_toml};
 
 struct TestSigner {
     key: p256::ecdsa::SigningKey,

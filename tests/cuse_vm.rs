@@ -1,6 +1,6 @@
 //! CUSE on a real kernel: a Debian kernel with cuse.ko booted under qemu (TCG), kirqd serving
 //! /dev/kirq-vm0 in the guest with the kernel feeder on. The guest prints one line per check
-//! (tests/vm/init); this test prints them all and requires every one to pass. Needs qemu,
+//! (tests/vm/cuse.sh); this test prints them all and requires every one to pass. Needs qemu,
 //! busybox-static, cpio and apt access to the Debian kernel package on the first run (cached in
 //! target/tmp/vm-kernel afterwards).
 

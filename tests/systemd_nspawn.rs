@@ -37,9 +37,9 @@
 //!
 //! `--private-network` gives the guest its own loopback, so the configs' fixed ports (8080,
 //! 8443, 8444) collide with nothing on the host. The guest shares the host's kernel: the kernel
-//! feeder mixes 64 bytes into the host's pool and reseeds it (as tests/kernel_feeder.rs does).
+//! feeder mixes 64 bytes into the host's pool and reseeds it (as tests/kernel_feeder_root.rs does).
 //! Not covered here: the Debian 6.1 kernel (the guest runs on the host's), CUSE (the guest's /dev
-//! has no /dev/cuse, so kirqd serves HTTP only and says so; tests/vm_cuse.rs covers the device),
+//! has no /dev/cuse, so kirqd serves HTTP only and says so; tests/cuse_vm.rs covers the device),
 //! SELinux. Why not a VM: KVM does not work on the build hosts, and under qemu's TCG the same
 //! systemd (root over 9p) reached multi-user.target 24 s after power-on (41 s wall to power-off),
 //! against under a second here.
@@ -811,7 +811,7 @@ fn kirqd_runs_confined_under_systemd_as_pid_1() {
     for name in alert_metrics() {
         if name.starts_with("kirq_node_round") {
             // One series per trusted decentralized node, from the start; this daemon trusts none
-            // (tests/monitoring.rs checks that kirqd exports them).
+            // (tests/monitoring_promtool.rs checks that kirqd exports them).
             continue;
         }
         assert!(

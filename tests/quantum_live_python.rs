@@ -7,6 +7,8 @@
 //! it the test fails and says how to install it.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
@@ -14,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::wait_exit;
 use serde_json::Value;
 
 const KIRQD: &str = env!("CARGO_BIN_EXE_kirqd");
@@ -172,17 +175,11 @@ fn keys_persist_rotate_and_refuse_a_wrong_at_rest_key() {
     let wrong = dir.path().join("wrong.key");
     write_key(&wrong, 0x22);
     let mut d = demo(dir.path(), Some((&state, &wrong)));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = d.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "kirqd kept running with a wrong at-rest key"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_exit(
+        &mut d.child,
+        Duration::from_secs(30),
+        "kirqd kept running with a wrong at-rest key",
+    );
     assert!(!status.success());
     let log = std::fs::read_to_string(&d.log).unwrap();
     assert!(log.contains("wrong at-rest key"), "{log}");

@@ -5,7 +5,7 @@
 // Helpers outside #[test] fns unwrap too: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-mod source_support;
+mod common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,10 +18,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use base64::Engine;
+use common::sources::{TlsServer, factory, https_server, random, source_from_toml};
 use kirq::config::HybridConfig;
 use kirq::metrics::HubMetrics;
 use kirq::wire::{Packet, SourceKind};
-use source_support::{TlsServer, factory, https_server, random, source_from_toml};
 
 #[derive(Default)]
 struct Log {

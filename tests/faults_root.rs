@@ -86,14 +86,8 @@ fn stats(f: &Fleet) -> serde_json::Value {
 }
 
 /// The value of the first `/metrics` line starting with `prefix` (0 when absent).
-fn metric(f: &Fleet, prefix: &str) -> f64 {
-    let text = reqwest::blocking::get(f.http("/metrics"))
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+fn daemon_metric(f: &Fleet, prefix: &str) -> f64 {
+    metric(&scrape(&f.http("/metrics")), prefix).unwrap_or(0.0)
 }
 
 fn accepted(f: &Fleet) -> u64 {
@@ -158,7 +152,7 @@ fn hub_killed_mid_delivery_and_restarted() {
     let detect = t0.elapsed();
     let hh = health(&f);
     assert_ne!(hh["status"], "ok", "{hh}");
-    assert_eq!(metric(&f, "kirq_fallback_active "), 1.0);
+    assert_eq!(daemon_metric(&f, "kirq_fallback_active "), 1.0);
     let before = accepted(&f);
 
     let _h2 = hub(&f, &hub_cfg, &[]);
@@ -167,7 +161,7 @@ fn hub_killed_mid_delivery_and_restarted() {
         accepted(&f) > before && !fallback(&f)
     });
     let recover = t1.elapsed();
-    assert_eq!(metric(&f, "kirq_fallback_active "), 0.0);
+    assert_eq!(daemon_metric(&f, "kirq_fallback_active "), 0.0);
     std::thread::sleep(Duration::from_millis(500));
     let (out, unavailable) = consumer.finish();
     eprintln!(
@@ -299,7 +293,7 @@ fn link_cut_between_namespaces_and_restored() {
     let detect = t0.elapsed();
     let hh = health(&f);
     assert_ne!(hh["status"], "ok", "{hh}");
-    let age = metric(&f, "kirq_hub_last_packet_age_seconds ");
+    let age = daemon_metric(&f, "kirq_hub_last_packet_age_seconds ");
     assert!(age >= 2.0, "last packet age {age}");
     std::thread::sleep(Duration::from_secs(3));
     let before = accepted(&f);
@@ -372,7 +366,7 @@ fn daemon_clock_stepped_two_minutes_both_ways() {
         let detect = t0.elapsed();
         let hh = health(&f);
         assert_ne!(hh["status"], "ok", "{hh}");
-        let m = metric(
+        let m = daemon_metric(
             &f,
             &format!("kirq_packets_rejected_total{{reason=\"{reason}\"}} "),
         );
@@ -473,31 +467,8 @@ fn kirqd_proc(f: &Fleet, cfg: &Path, log: &str) -> Proc {
         &f.path(log),
         &[],
     );
-    wait_for(Duration::from_secs(20), "kirqd HTTP shim", || {
-        reqwest::blocking::get(f.http("/api/rng/health")).is_ok()
-    });
+    wait_for_shim(f);
     p
-}
-
-/// Takes everything the pool holds now.
-fn drain(f: &Fleet) -> Vec<Vec<u8>> {
-    let c = reqwest::blocking::Client::new();
-    let mut out = Vec::new();
-    loop {
-        let (left, _) = f.pool();
-        if left == 0 {
-            return out;
-        }
-        let r = c
-            .post(f.http("/api/rng/random"))
-            .json(&serde_json::json!({ "num_bytes": left.min(65_536) }))
-            .send()
-            .unwrap();
-        if r.status() == 200 {
-            let v: serde_json::Value = r.json().unwrap();
-            out.push(hex::decode(v["random_data"].as_str().unwrap()).unwrap());
-        }
-    }
 }
 
 /// Promise: a disk that is full when the pool is sealed loses the unserved bytes, and nothing
@@ -522,7 +493,7 @@ fn disk_full_when_sealing_the_pool() {
 
     let mut d = kirqd_proc(&f, &cfg, "kirqd-1.log");
     f.feed(4, 4096);
-    outputs.extend(drain(&f).into_iter().take(1)); // serve some, leave the rest unserved
+    outputs.extend(f.drain(65_536).into_iter().take(1)); // serve some, leave the rest unserved
     f.feed(2, 4096);
     let held = f.pool().0;
     assert!(held > 0);
@@ -557,7 +528,7 @@ fn disk_full_when_sealing_the_pool() {
     let h = health(&f);
     assert_eq!(h["pool"]["total_bytes"], 0, "nothing restored: {h}");
     f.feed(2, 4096);
-    outputs.extend(drain(&f));
+    outputs.extend(f.drain(65_536));
     let recover = t1.elapsed();
 
     // Room again: this stop seals, the next start restores, and those bytes are new too.
@@ -568,7 +539,7 @@ fn disk_full_when_sealing_the_pool() {
     assert!(sealed.exists());
     let _d = kirqd_proc(&f, &cfg, "kirqd-3.log");
     assert_eq!(f.pool().0, held2, "the sealed bytes are restored");
-    outputs.extend(drain(&f));
+    outputs.extend(f.drain(65_536));
     assert_no_repeated_window(&outputs);
     eprintln!(
         "FAULT disk-full: SIGTERM with {held} unserved bytes and a full disk: exit {status:?} \
@@ -619,17 +590,11 @@ fn sigterm_during_a_blocked_device_read() {
     let status = d.terminate();
     let stop = t0.elapsed();
     assert!(status.success(), "{status:?}: {}", d.log_text());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let reader_status = loop {
-        if let Some(s) = reader.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the blocked reader hangs after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let reader_status = wait_exit(
+        &mut reader,
+        Duration::from_secs(10),
+        "the blocked reader hangs after SIGTERM",
+    );
     let released = t0.elapsed();
     let out = reader.wait_with_output().unwrap();
     assert!(
@@ -665,7 +630,7 @@ fn sigterm_during_a_blocked_device_read() {
         String::from_utf8_lossy(&got.stderr)
     );
     let recover = t1.elapsed();
-    let http = drain(&f);
+    let http = f.drain(65_536);
     let mut all = http.clone();
     all.push(got.stdout);
     assert_no_repeated_window(&all);
