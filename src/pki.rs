@@ -72,6 +72,29 @@ impl Ca {
         sans.extend(extra_sans.iter().map(|s| (*s).to_owned()));
         let mut params = CertificateParams::new(sans)?;
         params.distinguished_name.push(DnType::CommonName, name);
+        self.sign_leaf(params)
+    }
+}
+
+impl Ca {
+    /// Issues a certificate whose only identity is the URI SAN `uri` (a SPIFFE ID, as SPIRE
+    /// issues them), plus `extra_sans` (DNS names or IP addresses, e.g. for a listener).
+    pub fn issue_uri(&self, uri: &str, extra_sans: &[&str]) -> Result<Leaf, PkiError> {
+        let mut params = CertificateParams::new(
+            extra_sans
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect::<Vec<_>>(),
+        )?;
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI(rcgen::string::Ia5String::try_from(
+                uri,
+            )?));
+        self.sign_leaf(params)
+    }
+
+    fn sign_leaf(&self, mut params: CertificateParams) -> Result<Leaf, PkiError> {
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -119,6 +142,32 @@ pub fn write_dev_pki(dir: &Path, hubs: &[&str], daemons: &[&str]) -> Result<(), 
             write_new(&dir.join(format!("{name}.crt")), &leaf.cert_pem, 0o644)?;
             write_new(&dir.join(format!("{name}.key")), &leaf.key_pem, 0o600)?;
         }
+    }
+    Ok(())
+}
+
+/// Like [`write_dev_pki`], but each daemon's certificate names it only by its SPIFFE ID
+/// `spiffe://<trust_domain>/kirqd/<name>` (and `localhost`, `127.0.0.1`, `::1` for its receive
+/// listener), as SPIRE or cert-manager would issue it.
+pub fn write_dev_pki_spiffe(
+    dir: &Path,
+    hubs: &[&str],
+    daemons: &[&str],
+    trust_domain: &str,
+) -> Result<(), PkiError> {
+    write_dev_pki(dir, hubs, &[])?;
+    let ca = Ca::new("Kirq development daemon-ca (SPIFFE)")?;
+    let ca_path = dir.join("daemon-ca.pem");
+    std::fs::remove_file(&ca_path).map_err(|source| PkiError::Write {
+        path: ca_path.clone(),
+        source,
+    })?;
+    write_new(&ca_path, ca.cert_pem(), 0o644)?;
+    for name in daemons {
+        let uri = crate::tls::spiffe_daemon_id(trust_domain, name);
+        let leaf = ca.issue_uri(&uri, &["localhost", "127.0.0.1", "::1"])?;
+        write_new(&dir.join(format!("{name}.crt")), &leaf.cert_pem, 0o644)?;
+        write_new(&dir.join(format!("{name}.key")), &leaf.key_pem, 0o600)?;
     }
     Ok(())
 }

@@ -471,9 +471,76 @@ pub fn cert_names(cert: &CertificateDer<'_>, name: &str) -> bool {
     ee.verify_is_valid_for_subject_name(&server_name).is_ok()
 }
 
+/// The SPIFFE ID of daemon `id` in `trust_domain`: `spiffe://<trust_domain>/kirqd/<id>`.
+pub fn spiffe_daemon_id(trust_domain: &str, id: &str) -> String {
+    format!("spiffe://{trust_domain}/kirqd/{id}")
+}
+
+/// True when `cert` names daemon `id`: as a DNS name (what most CAs and the dev PKI issue) or,
+/// when `trust_domain` is set, as the URI SAN [`spiffe_daemon_id`] (what SPIRE and cert-manager's
+/// SPIFFE driver issue). The chain was already verified against the daemon CA by the handshake;
+/// this binds the request's id to it.
+pub fn cert_names_daemon(cert: &CertificateDer<'_>, id: &str, trust_domain: Option<&str>) -> bool {
+    if cert_names(cert, id) {
+        return true;
+    }
+    let Some(td) = trust_domain else {
+        return false;
+    };
+    let want = spiffe_daemon_id(td, id);
+    uri_sans(cert).contains(&want)
+}
+
+/// The URI subject alternative names of `cert` (none if it does not parse).
+fn uri_sans(cert: &CertificateDer<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, x)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = x.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some((*u).to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn der(pem: &str) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(pem.as_bytes()).expect("one PEM certificate")
+    }
+
+    #[test]
+    fn a_daemon_is_named_by_dns_or_by_its_spiffe_id_in_the_trust_domain() {
+        let ca = crate::pki::Ca::new("test daemon CA").unwrap();
+        let dns = der(&ca.issue("kirqd-7", &["localhost"]).unwrap().cert_pem);
+        assert!(cert_names_daemon(&dns, "kirqd-7", None));
+        assert!(cert_names_daemon(&dns, "kirqd-7", Some("example.org")));
+        assert!(!cert_names_daemon(&dns, "kirqd-8", Some("example.org")));
+        let uri = spiffe_daemon_id("example.org", "kirqd-7");
+        assert_eq!(uri, "spiffe://example.org/kirqd/kirqd-7");
+        let spiffe = der(&ca.issue_uri(&uri, &["localhost"]).unwrap().cert_pem);
+        assert!(cert_names_daemon(&spiffe, "kirqd-7", Some("example.org")));
+        // Not without a configured trust domain, not in another one, not for another id, and
+        // not for an id that is a prefix of the one named.
+        assert!(!cert_names_daemon(&spiffe, "kirqd-7", None));
+        assert!(!cert_names_daemon(&spiffe, "kirqd-7", Some("example.com")));
+        assert!(!cert_names_daemon(&spiffe, "kirqd-8", Some("example.org")));
+        assert!(!cert_names_daemon(&spiffe, "kirqd-", Some("example.org")));
+        assert!(!cert_names_daemon(
+            &CertificateDer::from(vec![0u8; 16]),
+            "kirqd-7",
+            Some("example.org")
+        ));
+    }
 
     fn limits(max_connections: usize, per_peer: usize) -> ListenerLimits {
         ListenerLimits {
