@@ -4,6 +4,7 @@
 //! and, when no verified packet arrived for a while, for one packet, so a hub that answers but
 //! delivers nothing is not taken for a live one.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,9 @@ pub struct Hubs {
     status: Mutex<Vec<HubStatus>>,
     /// Provenance classes consumers asked for and the pool lacked: pulled next, by kind.
     wanted: Mutex<Vec<Provenance>>,
+    /// The hub asked first: the last one that delivered. A hub that stops delivering loses the
+    /// place to the next that does, and keeps it: its daemons fail over and stay over.
+    preferred: AtomicUsize,
     intake: Arc<Intake>,
     pool: Arc<Pool>,
 }
@@ -51,6 +55,7 @@ impl Hubs {
             recipient: recipient.to_owned(),
             status: Mutex::new(status),
             wanted: Mutex::new(Vec::new()),
+            preferred: AtomicUsize::new(0),
             intake,
             pool,
         }
@@ -145,15 +150,23 @@ impl Hubs {
         Ok(admitted)
     }
 
-    /// Pulls `want` bytes of `class` (or of any class), asking the hubs in order until one
-    /// delivers. Returns the bytes admitted (0 when none did).
+    /// The hub asked first: the last one that delivered.
+    pub fn preferred(&self) -> usize {
+        self.preferred.load(Ordering::Relaxed)
+    }
+
+    /// Pulls `want` bytes of `class` (or of any class), asking the hubs in turn, starting with
+    /// the [`Self::preferred`] one, until one delivers; that one is asked first next time.
+    /// Returns the bytes admitted (0 when none did).
     async fn pull_from_any(
         &self,
         client: &reqwest::Client,
         want: usize,
         class: Option<Provenance>,
     ) -> usize {
-        for i in 0..self.len() {
+        let hubs = self.len();
+        let first = self.preferred();
+        for i in (0..hubs).map(|k| (first + k) % hubs) {
             match self.pull(client, i, want, class).await {
                 Ok(n) => {
                     if class.is_none() {
@@ -161,6 +174,9 @@ impl Hubs {
                     }
                     tracing::debug!(hub = i, asked = want, admitted = n, "refill pull");
                     if n > 0 {
+                        if self.preferred.swap(i, Ordering::Relaxed) != i {
+                            tracing::info!(hub = %self.url(i), "refilling from this hub now");
+                        }
                         return n;
                     }
                 }
