@@ -28,16 +28,13 @@ use crate::metrics::{HubMetrics, Label1};
 use crate::mix::{Contribution, mix};
 use crate::secret::SecretBytes;
 use crate::sources::decentralized::{Decentralized, NodeContribution};
-use crate::sources::gate::{Blocked, Gate, Policy};
-use crate::sources::{Source, SourceError};
+use crate::sources::gate::{Blocked, Gate};
+use crate::sources::{Source, SourceError, SourceSettings};
 use crate::util::now_ms;
 use crate::wire::{
     MAX_CONTRIBUTION_BYTES, MIX_RP64, MIX_SHAKE256, PROOF_NONE, PROOF_STARK_RP64, Packet,
     SourceEntry, SourceKind,
 };
-
-/// Default time one source may take for one packet's bytes.
-pub const SOURCE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -54,24 +51,6 @@ pub enum BuildError {
     TooLittleForProof,
     #[error("proving the mix failed: {0}")]
     Prove(String),
-}
-
-/// How the hub treats one source beyond fetching: its share and its backoff.
-#[derive(Debug, Clone, Copy)]
-pub struct SourceSettings {
-    pub weight: u32,
-    pub timeout: Duration,
-    pub policy: Policy,
-}
-
-impl Default for SourceSettings {
-    fn default() -> Self {
-        Self {
-            weight: 1,
-            timeout: SOURCE_TIMEOUT,
-            policy: Policy::default(),
-        }
-    }
 }
 
 /// A source with its health and backoff state.

@@ -9,8 +9,8 @@ mod build;
 pub mod limit;
 mod serve;
 
-pub use build::{BuildError, Mode, PacketFactory, SourceReport, SourceSettings, TrackedSource};
-pub use serve::{RunningHub, make_source, start};
+pub use build::{BuildError, Mode, PacketFactory, SourceReport, TrackedSource};
+pub use serve::{RunningHub, start};
 
 use std::path::Path;
 

@@ -13,16 +13,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 
-use super::build::{PacketFactory, SourceSettings};
-use crate::config::{HubConfig, SourceConfig, SourceType};
+use super::build::PacketFactory;
+use crate::config::HubConfig;
 use crate::crypto::sig::{HubSigningKey, PacketSigner};
 use crate::metrics::HubMetrics;
-use crate::sources::device::DeviceSource;
-use crate::sources::gate::Policy;
-use crate::sources::pkcs11::Pkcs11Source;
-use crate::sources::spore::SporeSource;
-use crate::sources::usb::UsbSource;
-use crate::sources::{Meta, Source, SourceError, local::LocalSource, rest};
+use crate::sources::make_source;
 use crate::tls::{self, Identity, PeerCert};
 use crate::wire::refill::{self, FrameWriter, RefillRequest};
 
@@ -52,43 +47,6 @@ impl RunningHub {
             t.abort();
         }
     }
-}
-
-/// Builds one source from its config. Files it names (tokens, PINs, pinned certificates) are
-/// read now, so a bad one stops the hub at start; devices and services are first contacted on the
-/// first fetch, so one that is down only degrades the hub.
-pub fn make_source(c: &SourceConfig) -> Result<(Box<dyn Source>, SourceSettings), SourceError> {
-    let common = &c.common;
-    let meta = Meta {
-        id: c.id().to_owned(),
-        kind: c.kind(),
-        min_entropy_per_byte: common.min_entropy_per_byte,
-    };
-    let timeout = Duration::from_millis(common.timeout_ms);
-    let min_interval = Duration::from_millis(common.min_interval_ms);
-    let settings = SourceSettings {
-        weight: common.weight,
-        timeout,
-        policy: Policy {
-            min_interval,
-            backoff_base: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(common.backoff_max_secs),
-            quota_wait: Duration::from_secs(common.quota_wait_secs),
-        },
-    };
-    let source: Box<dyn Source> = match &c.source {
-        SourceType::Local {} => Box::new(LocalSource::with_meta(meta)),
-        SourceType::Rest(r) => {
-            let spec = rest::Spec::resolve(r)
-                .map_err(|(k, why)| SourceError::Fatal(format!("config key `{k}`: {why}")))?;
-            Box::new(rest::RestSource::new(meta, spec, timeout, min_interval)?)
-        }
-        SourceType::Pkcs11(p) => Box::new(Pkcs11Source::new(meta, p)?),
-        SourceType::Spore(sp) => Box::new(SporeSource::new(meta, sp, timeout)?),
-        SourceType::Usb(u) => Box::new(UsbSource::new(meta, u, timeout)),
-        SourceType::Device(d) => Box::new(DeviceSource::new(meta, d, timeout)),
-    };
-    Ok((source, settings))
 }
 
 /// Starts every part of the hub and returns once its listeners are bound.

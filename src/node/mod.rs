@@ -15,7 +15,6 @@
 //! it), so each hub has its own rounds; [`rounds`] keeps them and refuses a round number a hub has
 //! used before. Bytes are zeroed on reveal or when the round's TTL ends.
 
-pub mod proto;
 pub mod rounds;
 
 use std::collections::HashMap;
@@ -38,22 +37,21 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use self::proto::{
-    CommitRequest, CommitResponse, ErrorBody, MAX_COMMIT_BODY, MAX_LIST, MAX_REVEAL_BODY,
-    RevealRequest, RevealResponse,
-};
 use self::rounds::{ClientId, Rounds};
 use crate::config::NodeConfig;
 use crate::crypto::falcon::{SigningKey, VerifyingKey};
 use crate::crypto::stark::{self, MAX_ROUND};
 use crate::crypto::{node_signing_digest, tagged_hash};
 use crate::health::SourceHealth;
-use crate::hub::SourceSettings;
 use crate::metrics::{Label1, Label2};
 use crate::secret::SecretBytes;
 use crate::sources::gate::Gate;
-use crate::sources::{Source, SourceError};
+use crate::sources::{Source, SourceError, SourceSettings};
 use crate::tls::{self, Identity, PeerCert};
+use crate::wire::node::{
+    self as proto, CommitRequest, CommitResponse, ErrorBody, MAX_COMMIT_BODY, MAX_LIST,
+    MAX_REVEAL_BODY, RevealRequest, RevealResponse,
+};
 
 /// Deliberate misbehaviour, for tests only: lets a test run a real node process that breaks the
 /// protocol the way a malicious or broken node would. Never use it in production.
@@ -187,7 +185,7 @@ impl NodeState {
         peers: HashMap<String, VerifyingKey>,
         fault: Option<Fault>,
     ) -> anyhow::Result<Self> {
-        let (source, settings) = crate::hub::make_source(&cfg.source).map_err(|e| {
+        let (source, settings) = crate::sources::make_source(&cfg.source).map_err(|e| {
             anyhow::anyhow!(
                 "source {:?} ({}): {e}",
                 cfg.source.id(),
@@ -878,7 +876,7 @@ pub fn check(config_path: &Path) -> anyhow::Result<String> {
         cfg.tls.pq_only,
     )?;
     let peers = load_peers(&cfg)?;
-    crate::hub::make_source(&cfg.source).map_err(|e| {
+    crate::sources::make_source(&cfg.source).map_err(|e| {
         anyhow::anyhow!(
             "source {:?} ({}): {e}",
             cfg.source.id(),

@@ -42,12 +42,12 @@ use crate::crypto::falcon::{KeyError, VerifyingKey};
 use crate::crypto::node_signing_digest;
 use crate::crypto::stark::{self, Commitment, MAX_ROUND};
 use crate::metrics::{Label1, Label2};
-use crate::node::proto::{
-    self, CommitRequest, CommitResponse, HubCommitment, MAX_COMMIT_ANSWER, MAX_LIST, RevealRequest,
-    RevealResponse, SignedCommitment,
-};
 use crate::secret::SecretBytes;
 use crate::tls::{self, Identity, TlsError};
+use crate::wire::node::{
+    self as proto, CommitRequest, CommitResponse, HubCommitment, MAX_COMMIT_ANSWER, MAX_LIST,
+    RevealRequest, RevealResponse, SignedCommitment,
+};
 
 /// One node's valid contribution to a round.
 #[derive(Debug)]

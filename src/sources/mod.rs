@@ -14,6 +14,7 @@ pub mod device;
 pub mod gate;
 mod httpx;
 pub mod local;
+mod make;
 pub mod pkcs11;
 pub mod rest;
 pub mod spore;
@@ -24,6 +25,8 @@ use std::time::Duration;
 
 use crate::secret::SecretBytes;
 use crate::wire::SourceKind;
+
+pub use make::{SOURCE_TIMEOUT, SourceSettings, make_source};
 
 /// Why a fetch failed. Messages never carry entropy, tokens or PINs.
 #[derive(Debug, thiserror::Error)]

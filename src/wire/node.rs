@@ -1,5 +1,6 @@
-//! The node protocol's JSON messages, shared by the node (server) and the hub (client), and the
-//! parsers both sides use for their fields.
+//! The node protocol's JSON messages, shared by the node (server, [`crate::node`]) and the hub
+//! (client, [`crate::sources::decentralized`]), and the parsers both sides use for their fields.
+//! They live with the wire types so that neither side imports the other.
 //!
 //! Commitments travel as 64 lowercase hex digits, signatures and revealed bytes as standard
 //! base64. Every list is bounded ([`MAX_LIST`]) and every body too, before anything is parsed.
@@ -7,7 +8,6 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
-use crate::config::MAX_NODES;
 use crate::crypto::falcon::MAX_SIGNATURE_BYTES;
 use crate::crypto::stark::{self, Commitment};
 
@@ -15,8 +15,9 @@ pub const COMMIT_PATH: &str = "/api/node/commit";
 pub const REVEAL_PATH: &str = "/api/node/reveal";
 /// Largest commit request body.
 pub const MAX_COMMIT_BODY: usize = 1024;
-/// Most entries in a reveal request's `commitments` and in its `hub_commitments`.
-pub const MAX_LIST: usize = MAX_NODES;
+/// Most entries in a reveal request's `commitments` and in its `hub_commitments`: the most nodes
+/// a decentralized setup may list (`crate::config::MAX_NODES` is this number).
+pub const MAX_LIST: usize = 64;
 /// Largest reveal request body: two full lists with the largest signatures fit well within it.
 pub const MAX_REVEAL_BODY: usize = 256 * 1024;
 /// Largest commit answer a hub reads.
