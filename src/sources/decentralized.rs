@@ -221,7 +221,7 @@ struct Node {
 }
 
 /// One node's state for /health.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct NodeReport {
     pub id: String,
     pub key_id: String,
