@@ -24,7 +24,7 @@ pub const MAX_REVEAL_BODY: usize = 256 * 1024;
 pub const MAX_COMMIT_ANSWER: usize = 4096;
 
 /// `POST /api/node/commit`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommitRequest {
     pub round: u64,
@@ -33,7 +33,7 @@ pub struct CommitRequest {
 
 /// The answer to a commit: the node's Falcon-512 signature over
 /// [`crate::crypto::node_signing_digest`]`(round, node_id, commitment)`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommitResponse {
     pub node_id: String,
@@ -43,7 +43,7 @@ pub struct CommitResponse {
 }
 
 /// One node's signed commitment, as a reveal request shows it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignedCommitment {
     pub node_id: String,
@@ -52,7 +52,7 @@ pub struct SignedCommitment {
 }
 
 /// The hub's own commitment to one of its sources' contributions to the round.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HubCommitment {
     pub source_id: String,
@@ -60,7 +60,7 @@ pub struct HubCommitment {
 }
 
 /// `POST /api/node/reveal`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevealRequest {
     pub round: u64,
@@ -73,7 +73,7 @@ pub struct RevealRequest {
 /// The answer to a reveal: the committed bytes (base64), and the node's receipt: its signature
 /// over [`crate::crypto::node_receipt_digest`]`(round, recipient, epoch, sequence, set)`, where
 /// `set` is the digest of every commitment the request showed. `Debug` hides the bytes.
-#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevealResponse {
     pub node_id: String,
@@ -117,7 +117,7 @@ pub fn shown_set(req: &RevealRequest) -> Option<[u8; 32]> {
 }
 
 /// Every refusal: a message for people and a fixed reason (also the metric label).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: String,
     pub reason: String,
