@@ -135,6 +135,17 @@ pub enum Status {
     Quarantined,
 }
 
+impl Status {
+    /// The name `/health` shows (the serialized form).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Degraded => "degraded",
+            Self::Quarantined => "quarantined",
+        }
+    }
+}
+
 /// One source's health over time: its tests, a quality score and quarantine.
 ///
 /// The quality score is the fraction of the last [`QUALITY_WINDOW`] tested blocks that passed (a

@@ -429,6 +429,14 @@ mod tests {
         }
     }
 
+    #[test]
+    fn source_status_serializes_as_its_name() {
+        use crate::health::Status;
+        for s in [Status::Up, Status::Degraded, Status::Quarantined] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
+
     #[tokio::test]
     async fn refusals_keep_status_body_and_retry_after() {
         let r = HubError::ShareUsedUp {
