@@ -1,6 +1,7 @@
-//! Entropy sources behind one trait. Each source only fetches; the hub wraps every source in a
-//! [`gate::Gate`] (rate limit and backoff) and health-tests its raw bytes
-//! ([`crate::health::SourceHealth`]).
+//! Entropy sources behind one trait. Each source only fetches; the hub (and a decentralized node)
+//! wraps every source in a [`gate::Gate`] (rate limit and backoff) and health-tests its raw bytes
+//! ([`crate::health::SourceHealth`]). [`make_source`] builds a source and its [`SourceSettings`]
+//! from its config, for both.
 //!
 //! Kinds: `local` (getrandom), `rest` (QRNG services over HTTPS), `pkcs11` (HSMs), `spore`
 //! (Crypto4A's signed entropy service), `usb` (vendor-class bulk devices) and `device` (character
