@@ -170,6 +170,14 @@ fn spawn_push_loops(
         .collect()
 }
 
+/// The part of a daemon's refusal the push loop reads: its fixed `reason` (`pool_full` is
+/// expected and not logged).
+#[derive(serde::Deserialize)]
+struct DaemonRefusal {
+    #[serde(default)]
+    reason: String,
+}
+
 /// Pushes one packet per interval to one daemon, backing off (up to 30 s) while it fails.
 async fn push_loop(
     state: Arc<HubState>,
@@ -219,10 +227,9 @@ async fn push_loop(
             Ok(r) => {
                 let status = r.status();
                 let reason = r
-                    .json::<serde_json::Value>()
+                    .json::<DaemonRefusal>()
                     .await
-                    .ok()
-                    .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned))
+                    .map(|d| d.reason)
                     .unwrap_or_default();
                 state.metrics.delivery(&daemon, "rejected");
                 if reason != "pool_full" {
