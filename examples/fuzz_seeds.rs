@@ -344,9 +344,9 @@ fn main() {
             1,
             format!(
                 r#"{{"round":1,"commitments":[{{"node_id":"node-a","commitment":"{}","signature":"{}"}}],"hub_commitments":[{{"source_id":"qrng-1","commitment":"{}"}}]}}"#,
-                kirq::node::proto::encode_bytes(&[3; 32]),
-                kirq::node::proto::encode_signature(&key.sign(b"x")),
-                kirq::node::proto::encode_bytes(&[4; 32])
+                kirq::wire::node::encode_bytes(&[3; 32]),
+                kirq::wire::node::encode_signature(&key.sign(b"x")),
+                kirq::wire::node::encode_bytes(&[4; 32])
             ),
         ),
     ] {

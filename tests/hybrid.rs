@@ -97,7 +97,7 @@ fn status(f: &PacketFactory) -> Vec<(String, &'static str, String)> {
         .iter()
         .map(|s| {
             let r = s.report();
-            (r.id, r.status, r.reason.unwrap_or_default())
+            (r.id, r.status.as_str(), r.reason.unwrap_or_default())
         })
         .collect()
 }

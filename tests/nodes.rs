@@ -423,7 +423,7 @@ async fn f_a_node_reveals_once_and_only_when_shown_a_quorum() {
     // A quorum: the bytes, matching the commitment.
     let (s, a) = post(&client, &reveal, ask(signed.clone())).await;
     assert_eq!(s, 200, "{a}");
-    let bytes = kirq::node::proto::decode_bytes(a["bytes"].as_str().unwrap()).unwrap();
+    let bytes = kirq::wire::node::decode_bytes(a["bytes"].as_str().unwrap()).unwrap();
     assert_eq!(bytes.len(), 32);
     assert_eq!(
         hex::encode(stark::commit(round, "node-1", &bytes).unwrap()),

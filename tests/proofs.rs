@@ -200,7 +200,7 @@ async fn proof_modes_decide_whether_a_packet_waits() {
     for (mode, want_unproven) in [(ProofMode::WhenIdle, 1), (ProofMode::Required, 0)] {
         let factory = kirq::hub::PacketFactory::new(
             SigningKey::generate(),
-            vec![kirq::hub::make_source(&SourceConfig::local("local-1")).unwrap()],
+            vec![kirq::sources::make_source(&SourceConfig::local("local-1")).unwrap()],
             30,
             std::time::Duration::from_secs(60),
             60_000,

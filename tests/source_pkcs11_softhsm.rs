@@ -169,7 +169,7 @@ fn checks(dir: &Path) {
         // A missing PIN file stops the source at start, naming the file.
         let c: kirq::config::SourceConfig =
             toml::from_str(&toml(dir, LABEL, "no-pin-file", MODULE, 4096)).unwrap();
-        let e = kirq::hub::make_source(&c).unwrap_err();
+        let e = kirq::sources::make_source(&c).unwrap_err();
         assert!(e.to_string().contains("no-pin-file"), "{e}");
     });
 }

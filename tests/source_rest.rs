@@ -316,7 +316,7 @@ async fn failing(case: &str, reason_label: &str) -> Outcome {
         .get();
     let o = Outcome {
         error,
-        status: r.status,
+        status: r.status.as_str(),
         reason: r.reason.unwrap_or_default(),
         retry_in_ms: r.retry_in_ms,
         hits,

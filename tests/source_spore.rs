@@ -208,6 +208,6 @@ async fn a_chain_that_does_not_verify_stops_the_source_at_start() {
         bad.display()
     ))
     .unwrap();
-    let e = kirq::hub::make_source(&c).unwrap_err();
+    let e = kirq::sources::make_source(&c).unwrap_err();
     assert!(e.to_string().contains("cert_chain"), "{e}");
 }

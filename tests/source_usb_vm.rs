@@ -121,7 +121,7 @@ fn guest() {
              serial = \"{SERIAL}\"\ntimeout_ms = 3000"
         ))
         .unwrap();
-        let (src, _) = kirq::hub::make_source(&c).unwrap();
+        let (src, _) = kirq::sources::make_source(&c).unwrap();
         let until_ok = |what: &'static str| {
             let src = &src;
             async move {

@@ -10,7 +10,8 @@ use std::sync::{Arc, OnceLock};
 use axum::body::Body;
 use axum::http::Request;
 use kirq::crypto::falcon::SigningKey;
-use kirq::node::{NodeState, proto};
+use kirq::node::NodeState;
+use kirq::wire::node as proto;
 use libfuzzer_sys::fuzz_target;
 
 fn config() -> &'static kirq::config::NodeConfig {

@@ -86,7 +86,17 @@ impl Default for ProofConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ProofMode {
     /// The SHAKE256 mixer and no proof.
@@ -371,6 +381,12 @@ pub struct DeviceSourceConfig {
     pub init: Option<String>,
 }
 
+/// The line speeds `baud` may name: the standard ones the device source has a termios constant
+/// for (a test in [`crate::sources::device`] checks that the two lists agree).
+pub const STANDARD_BAUD_RATES: [u32; 11] = [
+    1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600,
+];
+
 /// How packets are made from several sources.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -392,7 +408,17 @@ impl Default for HybridConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum BelowMin {
     #[default]
@@ -484,9 +510,7 @@ impl SourceConfig {
         }
         match &self.source {
             SourceType::Local {} => Ok(()),
-            SourceType::Rest(r) => crate::sources::rest::Spec::resolve(r)
-                .map(|_| ())
-                .map_err(|(k, why)| invalid(k, why)),
+            SourceType::Rest(r) => r.resolve().map(|_| ()).map_err(|(k, why)| invalid(k, why)),
             SourceType::Pkcs11(p) => {
                 if p.token_label.is_empty() || p.token_label.len() > 32 {
                     return Err(invalid("sources.token_label", "must be 1-32 bytes"));
@@ -514,7 +538,7 @@ impl SourceConfig {
                     return Err(invalid("sources.path", "must be an absolute path"));
                 }
                 if let Some(b) = d.baud
-                    && crate::sources::device::baud_rate(b).is_none()
+                    && !STANDARD_BAUD_RATES.contains(&b)
                 {
                     return Err(invalid(
                         "sources.baud",

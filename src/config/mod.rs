@@ -8,11 +8,13 @@ mod daemon;
 mod hub;
 mod node;
 mod quantum;
+mod rest;
 
 pub use daemon::*;
 pub use hub::*;
 pub use node::*;
 pub use quantum::*;
+pub use rest::{MAX_RESPONSE_LIMIT, RestInvalid, RestSpec};
 
 use std::path::{Path, PathBuf};
 

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use super::daemon::{HealthConfig, check_health};
 use super::{ConfigError, SourceConfig, check_https, check_id, invalid, read_toml, resolve};
 
-/// Most nodes a node lists as peers (itself included) or a hub asks.
-pub const MAX_NODES: usize = 64;
+/// Most nodes a node lists as peers (itself included) or a hub asks: the node protocol's list
+/// bound.
+pub const MAX_NODES: usize = crate::wire::node::MAX_LIST;
 /// Hard upper bound on one node's contribution to one round.
 pub const MAX_NODE_CONTRIBUTION_BYTES: usize = 1 << 20;
 

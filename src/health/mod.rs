@@ -127,13 +127,24 @@ impl HealthTester {
 }
 
 /// Status of a source for `/health`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[schema(as = SourceState)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Up,
     Degraded,
     Quarantined,
+}
+
+impl Status {
+    /// The name `/health` shows (the serialized form).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Degraded => "degraded",
+            Self::Quarantined => "quarantined",
+        }
+    }
 }
 
 /// One source's health over time: its tests, a quality score and quarantine.

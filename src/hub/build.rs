@@ -23,21 +23,18 @@ use crate::config::{BelowMin, HybridConfig, ProofConfig, ProofMode};
 use crate::crypto::commit_contribution;
 use crate::crypto::sig::{HubSigningKey, PacketSigner};
 use crate::crypto::stark;
-use crate::health::SourceHealth;
+use crate::health::{SourceHealth, Status};
 use crate::metrics::{HubMetrics, Label1};
 use crate::mix::{Contribution, mix};
 use crate::secret::SecretBytes;
-use crate::sources::decentralized::{Decentralized, NodeContribution};
-use crate::sources::gate::{Blocked, Gate, Policy};
-use crate::sources::{Source, SourceError};
+use crate::sources::decentralized::{Decentralized, NodeContribution, ShownOnly};
+use crate::sources::gate::{Blocked, Gate};
+use crate::sources::{Source, SourceError, SourceSettings};
 use crate::util::now_ms;
 use crate::wire::{
     MAX_CONTRIBUTION_BYTES, MIX_RP64, MIX_SHAKE256, PROOF_NONE, PROOF_STARK_RP64, Packet,
     SourceEntry, SourceKind,
 };
-
-/// Default time one source may take for one packet's bytes.
-pub const SOURCE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -56,24 +53,6 @@ pub enum BuildError {
     Prove(String),
 }
 
-/// How the hub treats one source beyond fetching: its share and its backoff.
-#[derive(Debug, Clone, Copy)]
-pub struct SourceSettings {
-    pub weight: u32,
-    pub timeout: Duration,
-    pub policy: Policy,
-}
-
-impl Default for SourceSettings {
-    fn default() -> Self {
-        Self {
-            weight: 1,
-            timeout: SOURCE_TIMEOUT,
-            policy: Policy::default(),
-        }
-    }
-}
-
 /// A source with its health and backoff state.
 #[derive(Debug)]
 pub struct TrackedSource {
@@ -87,7 +66,7 @@ pub struct TrackedSource {
 }
 
 /// What the last packet attempt did, for /health.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// No packet built yet.
@@ -308,6 +287,61 @@ impl PacketFactory {
         metrics: &HubMetrics,
         only: Option<&str>,
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, BuildError> {
+        let plan = self.plan(only)?;
+        // A proof covers at most max_output_bytes: ask the sources for no more, or the prover
+        // would absorb bytes that never reach the output.
+        let n = if self.proof.mode == ProofMode::Off {
+            n
+        } else {
+            n.min(self.proof.max_output_bytes)
+        };
+        let mut parts: Vec<Piece> = if plan.ready.is_empty() {
+            Vec::new()
+        } else {
+            self.fetch_shares(&plan.ready, n, metrics)
+                .await
+                .into_iter()
+                .map(|(s, bytes)| Piece::from_source(s, bytes))
+                .collect()
+        };
+        let round = self.next_round();
+        self.commit_parts(round, &mut parts)?;
+        let mut nodes = NodeShare::default();
+        if plan.want_nodes {
+            nodes = self.ask_nodes(round, recipient, &mut parts).await;
+        }
+        self.keep_minimum(&plan, only, &mut parts, &mut nodes)?;
+        let count = distinct_sources(&parts);
+        let hybrid = count >= plan.need;
+        if only.is_none() {
+            self.set_mode(if hybrid { Mode::Hybrid } else { Mode::Single }, count);
+        }
+        let out_len = self.output_len(&mut parts, nodes.bits, n)?;
+        for p in &parts {
+            self.hm
+                .raw_bytes
+                .get_or_create(&l1("source", &p.id))
+                .inc_by(p.bytes.len() as u64);
+        }
+        let mode = match (only, hybrid) {
+            (Some(_), _) => "source",
+            (None, true) => "hybrid",
+            (None, false) => "single",
+        };
+        self.hm.packets.get_or_create(&l1("mode", mode)).inc();
+        let shown = nodes.shown_entries();
+        if self.proof.mode == ProofMode::Off {
+            self.pm.packets.get_or_create(&l1("proof", "off")).inc();
+            return Ok(self.sign(recipient, round, out_len, &parts, shown, metrics));
+        }
+        self.sign_provable(recipient, round, out_len, parts, shown, metrics)
+            .await
+    }
+
+    /// Which sources to ask for this packet, and whether to run a round with the nodes. Refuses
+    /// when fewer than the minimum could answer (unless `below_min = "single"`: then only the
+    /// heaviest source is asked).
+    fn plan(&self, only: Option<&str>) -> Result<Plan<'_>, BuildError> {
         let pool: Vec<&TrackedSource> = match only {
             Some(name) => self.sources.iter().filter(|s| selects(s, name)).collect(),
             None => self.sources.iter().collect(),
@@ -323,13 +357,6 @@ impl PacketFactory {
             1
         } else {
             self.hybrid.min_sources
-        };
-        // A proof covers at most max_output_bytes: ask the sources for no more, or the prover
-        // would absorb bytes that never reach the output.
-        let n = if self.proof.mode == ProofMode::Off {
-            n
-        } else {
-            n.min(self.proof.max_output_bytes)
         };
         let single = self.hybrid.below_min == BelowMin::Single;
         let now = Instant::now();
@@ -352,20 +379,19 @@ impl PacketFactory {
             ready.sort_by_key(|(s, _)| std::cmp::Reverse(s.settings.weight));
             ready.truncate(1);
         }
-        let mut parts: Vec<Piece> = if ready.is_empty() {
-            Vec::new()
-        } else {
-            self.fetch_shares(&ready, n, metrics)
-                .await
-                .into_iter()
-                .map(|(s, bytes)| Piece::from_source(s, bytes))
-                .collect()
-        };
-        let round = self.next_round();
+        Ok(Plan {
+            ready,
+            want_nodes,
+            need,
+            single,
+        })
+    }
+
+    /// The hub commits to its own contributions before any node reveals (the nodes see these
+    /// commitments with the reveal request), so it cannot choose them after seeing the nodes'.
+    fn commit_parts(&self, round: u64, parts: &mut [Piece]) -> Result<(), BuildError> {
         let provable = self.proof.mode != ProofMode::Off;
-        // The hub commits to its own contributions before any node reveals (the nodes see these
-        // commitments with the reveal request), so it cannot choose them after seeing the nodes'.
-        for p in &mut parts {
+        for p in parts {
             p.commitment = if provable {
                 stark::commit(round, &p.id, p.bytes.expose())
                     .map_err(|e| BuildError::Prove(e.to_string()))?
@@ -373,82 +399,81 @@ impl PacketFactory {
                 commit_contribution(&p.id, p.bytes.expose())
             };
         }
-        let mut node_bits = 0.0;
-        let mut shown_only = Vec::new();
-        if want_nodes && let Some(d) = &self.decentralized {
-            let hub_commitments: Vec<(String, stark::Commitment)> =
-                parts.iter().map(|p| (p.id.clone(), p.commitment)).collect();
-            match d.round(round, recipient, &hub_commitments).await {
-                Ok(outcome) => {
-                    for (node, why) in &outcome.excluded {
-                        tracing::warn!(round, node, reason = %why, "node left out of the round");
-                    }
+        Ok(())
+    }
+
+    /// Runs the round with the decentralized nodes and adds their contributions to `parts`; a
+    /// failed round only leaves them out.
+    async fn ask_nodes(&self, round: u64, recipient: &str, parts: &mut Vec<Piece>) -> NodeShare {
+        let Some(d) = &self.decentralized else {
+            return NodeShare::default();
+        };
+        let hub_commitments: Vec<(String, stark::Commitment)> =
+            parts.iter().map(|p| (p.id.clone(), p.commitment)).collect();
+        match d.round(round, recipient, &hub_commitments).await {
+            Ok(outcome) => {
+                for (node, why) in &outcome.excluded {
+                    tracing::warn!(round, node, reason = %why, "node left out of the round");
+                }
+                parts.extend(outcome.contributions.into_iter().map(Piece::from_node));
+                NodeShare {
                     // Any one honest node makes the mix unpredictable: credit one node's bytes,
                     // not the sum.
-                    node_bits = d.bytes_per_node() as f64 * 8.0;
-                    parts.extend(outcome.contributions.into_iter().map(Piece::from_node));
-                    shown_only = outcome.shown_only;
-                }
-                Err(e) => {
-                    tracing::warn!(round, error = %e, "no decentralized bytes this round");
+                    bits: d.bytes_per_node() as f64 * 8.0,
+                    shown_only: outcome.shown_only,
                 }
             }
-        }
-        let sources = |parts: &[Piece]| {
-            let hub = parts.iter().filter(|p| p.node_signature.is_empty()).count();
-            hub + usize::from(hub < parts.len())
-        };
-        if sources(&parts) < need {
-            if !single || parts.is_empty() {
-                return Err(self.refuse(only, sources(&parts), need));
-            }
-            // Below the minimum with `single`: the heaviest hub source, or else the nodes.
-            let heaviest = parts
-                .iter()
-                .filter_map(|p| p.weight)
-                .max()
-                .map(|w| parts.iter().position(|p| p.weight == Some(w)));
-            if let Some(Some(i)) = heaviest {
-                let keep = parts.swap_remove(i);
-                parts = vec![keep];
-                node_bits = 0.0;
-                shown_only.clear();
+            Err(e) => {
+                tracing::warn!(round, error = %e, "no decentralized bytes this round");
+                NodeShare::default()
             }
         }
-        // Nodes shown at reveal that did not contribute: listed with no bytes, so a daemon can
-        // recompute the commitment set the contributing nodes signed in their receipts.
-        let shown: Vec<SourceEntry> = shown_only
-            .into_iter()
-            .map(|s| SourceEntry {
-                kind: SourceKind::Decentralized,
-                id: s.node_id,
-                byte_count: 0,
-                commitment: s.commitment,
-                node_signature: s.signature,
-                receipt: None,
-            })
-            .collect();
-        let count = sources(&parts);
-        let mode = match (only, count >= need) {
-            (Some(_), _) => "source",
-            (None, true) => "hybrid",
-            (None, false) => "single",
-        };
-        if only.is_none() {
-            let m = if mode == "hybrid" {
-                Mode::Hybrid
-            } else {
-                Mode::Single
-            };
-            self.set_mode(m, count);
+    }
+
+    /// After the fetches and the round: below the minimum, refuse, or with `below_min =
+    /// "single"` keep the heaviest hub source alone (or else the nodes).
+    fn keep_minimum(
+        &self,
+        plan: &Plan<'_>,
+        only: Option<&str>,
+        parts: &mut Vec<Piece>,
+        nodes: &mut NodeShare,
+    ) -> Result<(), BuildError> {
+        let have = distinct_sources(parts);
+        if have >= plan.need {
+            return Ok(());
         }
+        if !plan.single || parts.is_empty() {
+            return Err(self.refuse(only, have, plan.need));
+        }
+        let heaviest = parts
+            .iter()
+            .filter_map(|p| p.weight)
+            .max()
+            .map(|w| parts.iter().position(|p| p.weight == Some(w)));
+        if let Some(Some(i)) = heaviest {
+            let keep = parts.swap_remove(i);
+            *parts = vec![keep];
+            *nodes = NodeShare::default();
+        }
+        Ok(())
+    }
+
+    /// The packet's entropy length: what the credited bits carry, at most `n`; for the provable
+    /// mixer also at most what the largest contribution gives (it is sorted last), in whole
+    /// output blocks.
+    fn output_len(
+        &self,
+        parts: &mut [Piece],
+        node_bits: f64,
+        n: usize,
+    ) -> Result<usize, BuildError> {
         let bits: f64 = parts.iter().map(|p| p.bits()).sum::<f64>() + node_bits;
         let mut out_len = n.min((bits / 8.0).floor() as usize);
         if out_len == 0 {
             return Err(BuildError::NoHealthySource);
         }
-        if provable {
-            // The provable mixer draws its output from the largest contribution, put last.
+        if self.proof.mode != ProofMode::Off {
             parts.sort_by_key(|p| p.bytes.len());
             let largest = parts.last().map_or(0, |p| p.bytes.len());
             out_len = out_len
@@ -459,19 +484,7 @@ impl PacketFactory {
                 return Err(BuildError::TooLittleForProof);
             }
         }
-        for p in &parts {
-            self.hm
-                .raw_bytes
-                .get_or_create(&l1("source", &p.id))
-                .inc_by(p.bytes.len() as u64);
-        }
-        self.hm.packets.get_or_create(&l1("mode", mode)).inc();
-        if !provable {
-            self.pm.packets.get_or_create(&l1("proof", "off")).inc();
-            return Ok(self.sign(recipient, round, out_len, &parts, shown, metrics));
-        }
-        self.sign_provable(recipient, round, out_len, parts, shown, metrics)
-            .await
+        Ok(out_len)
     }
 
     /// The provable mixer: Rescue-Prime commitments and mix, with a STARK when policy and the
@@ -736,6 +749,49 @@ impl PacketFactory {
     }
 }
 
+/// The sources [`PacketFactory::plan`] chose for one packet.
+struct Plan<'a> {
+    /// The hub sources to ask, each with the instant it may be asked (when pacing).
+    ready: Vec<(&'a TrackedSource, Option<Instant>)>,
+    want_nodes: bool,
+    /// Distinct sources the packet needs.
+    need: usize,
+    single: bool,
+}
+
+/// What the decentralized nodes added to a packet beyond their contributions.
+#[derive(Default)]
+struct NodeShare {
+    /// Bits credited to the nodes together.
+    bits: f64,
+    /// Nodes shown at reveal that did not contribute.
+    shown_only: Vec<ShownOnly>,
+}
+
+impl NodeShare {
+    /// Nodes shown at reveal that did not contribute: listed with no bytes, so a daemon can
+    /// recompute the commitment set the contributing nodes signed in their receipts.
+    fn shown_entries(self) -> Vec<SourceEntry> {
+        self.shown_only
+            .into_iter()
+            .map(|s| SourceEntry {
+                kind: SourceKind::Decentralized,
+                id: s.node_id,
+                byte_count: 0,
+                commitment: s.commitment,
+                node_signature: s.signature,
+                receipt: None,
+            })
+            .collect()
+    }
+}
+
+/// Distinct sources among `parts`: each hub source, and the nodes together as one.
+fn distinct_sources(parts: &[Piece]) -> usize {
+    let hub = parts.iter().filter(|p| p.node_signature.is_empty()).count();
+    hub + usize::from(hub < parts.len())
+}
+
 /// One contribution to a packet: from one of the hub's sources, or from a decentralized node
 /// (with the node's own signed commitment).
 struct Piece {
@@ -799,12 +855,11 @@ fn selects(s: &TrackedSource, name: &str) -> bool {
 }
 
 /// One source's state for /health.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct SourceReport {
     pub id: String,
     pub kind: &'static str,
-    /// `up`, `degraded` or `quarantined`.
-    pub status: &'static str,
+    pub status: Status,
     pub reason: Option<String>,
     pub quality: f64,
     pub weight: u32,
@@ -815,22 +870,29 @@ pub struct SourceReport {
 
 impl TrackedSource {
     pub fn report(&self) -> SourceReport {
-        use crate::health::Status;
         let h = lock(&self.health);
         let blocked = lock(&self.gate).check(Instant::now()).err();
         let (status, reason, retry) = match (&blocked, h.status()) {
             (Some(Blocked::Disabled(r)), _) => {
-                ("quarantined", Some(format!("disabled: {r}")), None)
+                (Status::Quarantined, Some(format!("disabled: {r}")), None)
             }
-            (_, Status::Quarantined) => ("quarantined", h.last_failure().map(str::to_owned), None),
+            (_, Status::Quarantined) => (
+                Status::Quarantined,
+                h.last_failure().map(str::to_owned),
+                None,
+            ),
             (Some(Blocked::Waiting { until, reason }), _) => {
                 let ms = until.saturating_duration_since(Instant::now()).as_millis();
                 let ms = u64::try_from(ms).unwrap_or(u64::MAX);
-                ("degraded", Some(format!("backing off: {reason}")), Some(ms))
+                (
+                    Status::Degraded,
+                    Some(format!("backing off: {reason}")),
+                    Some(ms),
+                )
             }
-            (None | Some(Blocked::Pacing(_)), Status::Up) => ("up", None, None),
+            (None | Some(Blocked::Pacing(_)), Status::Up) => (Status::Up, None, None),
             (None | Some(Blocked::Pacing(_)), _) => {
-                ("degraded", h.last_failure().map(str::to_owned), None)
+                (Status::Degraded, h.last_failure().map(str::to_owned), None)
             }
         };
         SourceReport {

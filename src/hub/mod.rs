@@ -5,12 +5,14 @@
 //! `POST /api/hub/refill` on the mutual-TLS listener when their pool runs low; the recipient named
 //! in the request must be a registered daemon whose client certificate carries that id).
 
+mod api;
 mod build;
 pub mod limit;
 mod serve;
 
-pub use build::{BuildError, Mode, PacketFactory, SourceReport, SourceSettings, TrackedSource};
-pub use serve::{RunningHub, make_source, start};
+pub use api::{DecentralizedHealth, ErrorBody, HealthResponse, HubError, HybridHealth, document};
+pub use build::{BuildError, Mode, PacketFactory, SourceReport, TrackedSource};
+pub use serve::{RunningHub, start};
 
 use std::path::Path;
 

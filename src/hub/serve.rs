@@ -1,41 +1,24 @@
 //! The hub's running parts: the pull listener (mutual TLS), push tasks, and the metrics listener.
+//! The routes each listener serves are in [`super::api`].
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::Router;
+use axum::http::header;
 
-use super::build::{PacketFactory, SourceSettings};
-use crate::config::{HubConfig, SourceConfig, SourceType};
+use super::api::{self, HubState};
+use super::build::PacketFactory;
+use super::limit::DaemonShare;
+use crate::config::HubConfig;
 use crate::crypto::sig::{HubSigningKey, PacketSigner};
 use crate::metrics::HubMetrics;
-use crate::sources::device::DeviceSource;
-use crate::sources::gate::Policy;
-use crate::sources::pkcs11::Pkcs11Source;
-use crate::sources::spore::SporeSource;
-use crate::sources::usb::UsbSource;
-use crate::sources::{Meta, Source, SourceError, local::LocalSource, rest};
-use crate::tls::{self, Identity, PeerCert};
-use crate::wire::refill::{self, FrameWriter, RefillRequest};
-
-struct HubState {
-    id: String,
-    factory: PacketFactory,
-    metrics: Arc<HubMetrics>,
-    packet_bytes: usize,
-    /// Registered daemons: id → push URL (if any).
-    daemons: HashMap<String, Option<String>>,
-    /// Each daemon's byte rate and burst (`[limits]`).
-    share: super::limit::DaemonShare,
-}
+use crate::sources::decentralized::Decentralized;
+use crate::sources::make_source;
+use crate::tls;
+use crate::wire::refill;
 
 /// A started hub. Dropping it does not stop it; call [`RunningHub::stop`].
 #[derive(Debug)]
@@ -54,77 +37,17 @@ impl RunningHub {
     }
 }
 
-/// Builds one source from its config. Files it names (tokens, PINs, pinned certificates) are
-/// read now, so a bad one stops the hub at start; devices and services are first contacted on the
-/// first fetch, so one that is down only degrades the hub.
-pub fn make_source(c: &SourceConfig) -> Result<(Box<dyn Source>, SourceSettings), SourceError> {
-    let common = &c.common;
-    let meta = Meta {
-        id: c.id().to_owned(),
-        kind: c.kind(),
-        min_entropy_per_byte: common.min_entropy_per_byte,
-    };
-    let timeout = Duration::from_millis(common.timeout_ms);
-    let min_interval = Duration::from_millis(common.min_interval_ms);
-    let settings = SourceSettings {
-        weight: common.weight,
-        timeout,
-        policy: Policy {
-            min_interval,
-            backoff_base: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(common.backoff_max_secs),
-            quota_wait: Duration::from_secs(common.quota_wait_secs),
-        },
-    };
-    let source: Box<dyn Source> = match &c.source {
-        SourceType::Local {} => Box::new(LocalSource::with_meta(meta)),
-        SourceType::Rest(r) => {
-            let spec = rest::Spec::resolve(r)
-                .map_err(|(k, why)| SourceError::Fatal(format!("config key `{k}`: {why}")))?;
-            Box::new(rest::RestSource::new(meta, spec, timeout, min_interval)?)
-        }
-        SourceType::Pkcs11(p) => Box::new(Pkcs11Source::new(meta, p)?),
-        SourceType::Spore(sp) => Box::new(SporeSource::new(meta, sp, timeout)?),
-        SourceType::Usb(u) => Box::new(UsbSource::new(meta, u, timeout)),
-        SourceType::Device(d) => Box::new(DeviceSource::new(meta, d, timeout)),
-    };
-    Ok((source, settings))
-}
-
 /// Starts every part of the hub and returns once its listeners are bound.
 pub async fn start(cfg: HubConfig, key: impl Into<HubSigningKey>) -> anyhow::Result<RunningHub> {
-    let identity = Identity::load(&cfg.tls.cert, &cfg.tls.key)?;
+    let identity = tls::Identity::load(&cfg.tls.cert, &cfg.tls.key)?;
     let daemon_ca = tls::load_certs(&cfg.tls.daemon_ca)?;
     let server_cfg = tls::server_config(&identity, &daemon_ca, cfg.tls.pq_only)?;
     let client = tls::https_client(
         tls::client_config(&identity, &daemon_ca, cfg.tls.pq_only)?,
         Duration::from_secs(10),
     );
-    let mut sources = Vec::with_capacity(cfg.sources.len());
-    for c in &cfg.sources {
-        let s = make_source(c)
-            .map_err(|e| anyhow::anyhow!("source {:?} ({}): {e}", c.id(), c.source.name()))?;
-        sources.push(s);
-    }
-    let mut factory = PacketFactory::new(
-        key,
-        sources,
-        cfg.health.alpha_exponent,
-        Duration::from_secs(cfg.health.quarantine_secs),
-        cfg.packet_lifetime_ms,
-        cfg.hybrid.clone(),
-    )
-    .with_proof(cfg.proof.clone());
-    if let Some(d) = crate::sources::decentralized::Decentralized::from_hub_config(&cfg)? {
-        tracing::info!(decentralized = ?d, "asking decentralized nodes each round");
-        factory = factory.with_decentralized(d);
-    }
-    let mut metrics = HubMetrics::new();
-    factory.register_metrics(&mut metrics.registry);
-    if let Some(d) = factory.decentralized() {
-        d.register_metrics(&mut metrics.registry);
-    }
-    let metrics = Arc::new(metrics);
+    let factory = packet_factory(&cfg, key)?;
+    let metrics = Arc::new(hub_metrics(&factory));
     tracing::info!(
         hub = %cfg.id,
         key_id = %factory.key().key_id(),
@@ -142,69 +65,117 @@ pub async fn start(cfg: HubConfig, key: impl Into<HubSigningKey>) -> anyhow::Res
             .iter()
             .map(|d| (d.id.clone(), d.url.clone()))
             .collect(),
-        share: super::limit::DaemonShare::new(
+        share: DaemonShare::new(
             cfg.limits.daemon_bytes_per_second,
             cfg.limits.daemon_burst_bytes,
         ),
     });
     let mut tasks = Vec::new();
-
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on listen = {}", cfg.listen))?;
+    let listener = bind(cfg.listen, "listen").await?;
     let pull_addr = listener.local_addr()?;
-    let pull_router = Router::new()
-        .route(refill::REFILL_PATH, post(refill))
-        .layer(axum::extract::DefaultBodyLimit::max(
-            refill::MAX_REQUEST_BYTES,
-        ))
-        .with_state(state.clone());
     tasks.push(tokio::spawn(tls::serve_mtls(
         listener,
         server_cfg,
-        pull_router,
+        api::router(state.clone()),
         metrics.clone(),
     )));
-
     let metrics_addr = match cfg.metrics_listen {
         Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on metrics_listen = {addr}"))?;
-            let a = l.local_addr()?;
-            let r = Router::new()
-                .route("/metrics", get(hub_metrics))
-                .route("/health", get(hub_health))
-                .with_state(state.clone());
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = axum::serve(l, r).await {
-                    tracing::error!(error = %e, "hub metrics listener failed");
-                }
-            }));
-            Some(a)
+            let l = bind(addr, "metrics_listen").await?;
+            let bound = l.local_addr()?;
+            tasks.push(tokio::spawn(serve_local(
+                l,
+                api::local_router(state.clone()),
+            )));
+            Some(bound)
         }
         None => None,
     };
-
-    if cfg.push_interval_ms > 0 {
-        for d in &cfg.daemons {
-            if let Some(url) = &d.url {
-                tasks.push(tokio::spawn(push_loop(
-                    state.clone(),
-                    client.clone(),
-                    d.id.clone(),
-                    url.clone(),
-                    Duration::from_millis(cfg.push_interval_ms),
-                )));
-            }
-        }
-    }
+    tasks.extend(spawn_push_loops(&cfg, &state, &client));
     Ok(RunningHub {
         pull_addr,
         metrics_addr,
         metrics,
         tasks,
     })
+}
+
+/// Makes every configured source (a bad one stops the hub here) and the factory over them.
+fn packet_factory(cfg: &HubConfig, key: impl Into<HubSigningKey>) -> anyhow::Result<PacketFactory> {
+    let mut sources = Vec::with_capacity(cfg.sources.len());
+    for c in &cfg.sources {
+        let s = make_source(c)
+            .map_err(|e| anyhow::anyhow!("source {:?} ({}): {e}", c.id(), c.source.name()))?;
+        sources.push(s);
+    }
+    let mut factory = PacketFactory::new(
+        key,
+        sources,
+        cfg.health.alpha_exponent,
+        Duration::from_secs(cfg.health.quarantine_secs),
+        cfg.packet_lifetime_ms,
+        cfg.hybrid.clone(),
+    )
+    .with_proof(cfg.proof.clone());
+    if let Some(d) = Decentralized::from_hub_config(cfg)? {
+        tracing::info!(decentralized = ?d, "asking decentralized nodes each round");
+        factory = factory.with_decentralized(d);
+    }
+    Ok(factory)
+}
+
+/// The hub's metrics with the factory's and the nodes' registered.
+fn hub_metrics(factory: &PacketFactory) -> HubMetrics {
+    let mut metrics = HubMetrics::new();
+    factory.register_metrics(&mut metrics.registry);
+    if let Some(d) = factory.decentralized() {
+        d.register_metrics(&mut metrics.registry);
+    }
+    metrics
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {key} = {addr}"))
+}
+
+async fn serve_local(listener: tokio::net::TcpListener, router: Router) {
+    if let Err(e) = axum::serve(listener, router).await {
+        tracing::error!(error = %e, "hub metrics listener failed");
+    }
+}
+
+/// One push task per daemon with a URL, when pushing is on (`push_interval_ms > 0`).
+fn spawn_push_loops(
+    cfg: &HubConfig,
+    state: &Arc<HubState>,
+    client: &reqwest::Client,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    if cfg.push_interval_ms == 0 {
+        return Vec::new();
+    }
+    cfg.daemons
+        .iter()
+        .filter_map(|d| {
+            let url = d.url.as_ref()?;
+            Some(tokio::spawn(push_loop(
+                state.clone(),
+                client.clone(),
+                d.id.clone(),
+                url.clone(),
+                Duration::from_millis(cfg.push_interval_ms),
+            )))
+        })
+        .collect()
+}
+
+/// The part of a daemon's refusal the push loop reads: its fixed `reason` (`pool_full` is
+/// expected and not logged).
+#[derive(serde::Deserialize)]
+struct DaemonRefusal {
+    #[serde(default)]
+    reason: String,
 }
 
 /// Pushes one packet per interval to one daemon, backing off (up to 30 s) while it fails.
@@ -256,10 +227,9 @@ async fn push_loop(
             Ok(r) => {
                 let status = r.status();
                 let reason = r
-                    .json::<serde_json::Value>()
+                    .json::<DaemonRefusal>()
                     .await
-                    .ok()
-                    .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned))
+                    .map(|d| d.reason)
                     .unwrap_or_default();
                 state.metrics.delivery(&daemon, "rejected");
                 if reason != "pool_full" {
@@ -274,136 +244,4 @@ async fn push_loop(
             }
         }
     }
-}
-
-fn error(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
-}
-
-/// `POST /api/hub/refill`: `{"recipient": ID, "bytes": N, "source"?: ID or KIND}` → a stream of
-/// `u32 len ‖ packet` holding at least N bytes of entropy (at most [`refill::MAX_PACKETS_PER_PULL`]
-/// packets; `bytes: 0` is a reachability probe answered with nothing).
-async fn refill(
-    State(state): State<Arc<HubState>>,
-    Extension(peer): Extension<PeerCert>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if headers.get(refill::TRANSPORT_HEADER).map(|v| v.as_bytes())
-        != Some(refill::TRANSPORT_VERSION.as_bytes())
-    {
-        return error(StatusCode::BAD_REQUEST, refill::TRANSPORT_REQUIRED);
-    }
-    if body.len() > refill::MAX_REQUEST_BYTES {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "refill request too large");
-    }
-    let req: RefillRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad refill request: {e}")),
-    };
-    if !state.daemons.contains_key(&req.recipient) {
-        return error(
-            StatusCode::FORBIDDEN,
-            "recipient is not registered with this hub",
-        );
-    }
-    if !tls::cert_names(&peer.0, &req.recipient) {
-        return error(
-            StatusCode::FORBIDDEN,
-            "client certificate does not name the recipient",
-        );
-    }
-    if let Some(name) = &req.source
-        && !state.factory.knows(name)
-    {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "`source` names no configured source id or kind",
-        );
-    }
-    let n = state.packet_bytes;
-    // `bytes: 0` is a reachability probe: an empty answer.
-    let asked = req.bytes.div_ceil(n).min(refill::MAX_PACKETS_PER_PULL);
-    let count = match state
-        .share
-        .grant(&req.recipient, asked, n, std::time::Instant::now())
-    {
-        Ok(c) => c,
-        Err(wait) => {
-            state.metrics.delivery(&req.recipient, "rate_limited");
-            let mut r = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "this daemon's share of the hub (limits.daemon_bytes_per_second) is used up",
-            );
-            let secs = wait.as_secs().max(1).to_string();
-            if let Ok(v) = axum::http::HeaderValue::from_str(&secs) {
-                r.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            return r;
-        }
-    };
-    let mut out = FrameWriter::default();
-    for _ in 0..count {
-        match state
-            .factory
-            .build_from(&req.recipient, n, &state.metrics, req.source.as_deref())
-            .await
-        {
-            Ok(p) => {
-                if out.is_empty() {
-                    // Sized from the first packet; `append` grows by hand (zeroing) if a later
-                    // one is larger.
-                    out =
-                        FrameWriter::with_capacity(count * (p.len() + refill::FRAME_HEADER + 256));
-                }
-                out.push(&p);
-            }
-            Err(e) if out.is_empty() => {
-                return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-            }
-            Err(_) => break,
-        }
-    }
-    if count > 0 {
-        state.metrics.delivery(&req.recipient, "pulled");
-    }
-    (
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        crate::secret::body_bytes(out.into_inner().into_zeroizing()),
-    )
-        .into_response()
-}
-
-async fn hub_metrics(State(state): State<Arc<HubState>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-        .into_response()
-}
-
-async fn hub_health(State(state): State<Arc<HubState>>) -> Json<serde_json::Value> {
-    let f = &state.factory;
-    let sources: Vec<_> = f.sources().iter().map(|s| s.report()).collect();
-    let (mode, healthy) = f.mode();
-    Json(serde_json::json!({
-        "hub": state.id,
-        "key_id": f.key().key_id().to_string(),
-        "sig_alg": f.key().sig_alg().as_str(),
-        "hybrid": {
-            "min_sources": f.hybrid().min_sources,
-            "below_min": f.hybrid().below_min,
-            "mode": mode,
-            "healthy_sources": healthy,
-        },
-        "sources": sources,
-        "proof": f.proof_mode(),
-        "decentralized": f.decentralized().map(|d| serde_json::json!({
-            "quorum": d.quorum(),
-            "nodes": d.report(),
-        })),
-    }))
 }

@@ -42,12 +42,12 @@ use crate::crypto::falcon::{KeyError, VerifyingKey};
 use crate::crypto::node_signing_digest;
 use crate::crypto::stark::{self, Commitment, MAX_ROUND};
 use crate::metrics::{Label1, Label2};
-use crate::node::proto::{
-    self, CommitRequest, CommitResponse, HubCommitment, MAX_COMMIT_ANSWER, MAX_LIST, RevealRequest,
-    RevealResponse, SignedCommitment,
-};
 use crate::secret::SecretBytes;
 use crate::tls::{self, Identity, TlsError};
+use crate::wire::node::{
+    self as proto, CommitRequest, CommitResponse, HubCommitment, MAX_COMMIT_ANSWER, MAX_LIST,
+    RevealRequest, RevealResponse, SignedCommitment,
+};
 
 /// One node's valid contribution to a round.
 #[derive(Debug)]
@@ -221,7 +221,7 @@ struct Node {
 }
 
 /// One node's state for /health.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct NodeReport {
     pub id: String,
     pub key_id: String,
@@ -446,10 +446,39 @@ impl Decentralized {
         if !lock(&self.used).claim(round) {
             return Err(QuorumError::StaleRound(round));
         }
-        let mut excluded: Vec<(usize, Exclusion)> = Vec::new();
-        let mut asked: Vec<usize> = Vec::new();
+        let (asked, mut excluded) = self.who_to_ask(round);
+        let committed = self.commit_phase(round, &asked, &mut excluded).await;
+        if committed.len() < self.quorum {
+            let have = committed.len();
+            return Err(self.fail(round, Phase::Commit, have, &asked, excluded));
+        }
+        let (contributions, shown_only) = self
+            .reveal_phase(round, recipient, committed, hub_commitments, &mut excluded)
+            .await;
+        if contributions.len() < self.quorum {
+            let have = contributions.len();
+            // Dropping the contributions zeroes their bytes: none of them is used.
+            drop(contributions);
+            return Err(self.fail(round, Phase::Reveal, have, &asked, excluded));
+        }
+        self.settle(round, &asked, &excluded);
+        for c in &contributions {
+            self.m
+                .contributions
+                .get_or_create(&l1("node", &c.node_id))
+                .inc();
+        }
+        Ok(RoundOutcome {
+            round,
+            contributions,
+            shown_only,
+            excluded: self.named(excluded),
+        })
+    }
 
-        // Who is asked: the unbenched nodes, or everyone when they are fewer than k.
+    /// Who is asked (by index): the unbenched nodes, or everyone when they are fewer than the
+    /// quorum; the benched ones left out are excluded as such.
+    fn who_to_ask(&self, round: u64) -> (Vec<usize>, Vec<(usize, Exclusion)>) {
         let now = Instant::now();
         let benched: Vec<bool> = self
             .nodes
@@ -466,6 +495,8 @@ impl Decentralized {
                 "fewer unbenched nodes than the quorum: asking benched nodes too"
             );
         }
+        let mut asked = Vec::new();
+        let mut excluded = Vec::new();
         for (i, &b) in benched.iter().enumerate() {
             if b && !parole {
                 excluded.push((i, Exclusion::Benched));
@@ -473,8 +504,17 @@ impl Decentralized {
                 asked.push(i);
             }
         }
+        (asked, excluded)
+    }
 
-        // Commit.
+    /// Asks every node in `asked` to commit, concurrently; returns the valid signed
+    /// commitments (node index, commitment, signature) and adds the rest to `excluded`.
+    async fn commit_phase(
+        &self,
+        round: u64,
+        asked: &[usize],
+        excluded: &mut Vec<(usize, Exclusion)>,
+    ) -> Vec<(usize, Commitment, Vec<u8>)> {
         let req = CommitRequest {
             round,
             bytes: self.bytes_per_node,
@@ -484,19 +524,27 @@ impl Decentralized {
             async move { (i, self.commit_one(&self.nodes[i], req).await) }
         }))
         .await;
-        let mut committed: Vec<(usize, Commitment, Vec<u8>)> = Vec::new();
+        let mut committed = Vec::new();
         for (i, a) in answers {
             match a {
                 Answer::Ok((c, s)) => committed.push((i, c, s)),
                 Answer::Excluded(e) => excluded.push((i, e)),
             }
         }
-        if committed.len() < self.quorum {
-            let have = committed.len();
-            return Err(self.fail(round, Phase::Commit, have, &asked, excluded));
-        }
+        committed
+    }
 
-        // Reveal.
+    /// Shows every committed node the full list and asks each to reveal, concurrently. Returns
+    /// the contributions and the nodes that were shown but did not contribute, both in node
+    /// order; those are also added to `excluded`.
+    async fn reveal_phase(
+        &self,
+        round: u64,
+        recipient: &str,
+        committed: Vec<(usize, Commitment, Vec<u8>)>,
+        hub_commitments: Vec<HubCommitment>,
+        excluded: &mut Vec<(usize, Exclusion)>,
+    ) -> (Vec<NodeContribution>, Vec<ShownOnly>) {
         let reveal = RevealRequest {
             round,
             recipient: recipient.to_owned(),
@@ -521,11 +569,12 @@ impl Decentralized {
         let mut contributions = Vec::new();
         let mut shown_only = Vec::new();
         for (i, commitment, signature, a) in answers {
+            let node_id = self.nodes[i].id.clone();
             match a {
                 Answer::Ok((bytes, receipt)) => contributions.push((
                     i,
                     NodeContribution {
-                        node_id: self.nodes[i].id.clone(),
+                        node_id,
                         commitment,
                         signature,
                         bytes,
@@ -537,7 +586,7 @@ impl Decentralized {
                     shown_only.push((
                         i,
                         ShownOnly {
-                            node_id: self.nodes[i].id.clone(),
+                            node_id,
                             commitment,
                             signature,
                         },
@@ -545,27 +594,12 @@ impl Decentralized {
                 }
             }
         }
-        shown_only.sort_by_key(|(i, _)| *i);
-        if contributions.len() < self.quorum {
-            let have = contributions.len();
-            // Dropping the contributions zeroes their bytes: none of them is used.
-            drop(contributions);
-            return Err(self.fail(round, Phase::Reveal, have, &asked, excluded));
-        }
         contributions.sort_by_key(|(i, _)| *i);
-        self.settle(round, &asked, &excluded);
-        for (_, c) in &contributions {
-            self.m
-                .contributions
-                .get_or_create(&l1("node", &c.node_id))
-                .inc();
-        }
-        Ok(RoundOutcome {
-            round,
-            contributions: contributions.into_iter().map(|(_, c)| c).collect(),
-            shown_only: shown_only.into_iter().map(|(_, s)| s).collect(),
-            excluded: self.named(excluded),
-        })
+        shown_only.sort_by_key(|(i, _)| *i);
+        (
+            contributions.into_iter().map(|(_, c)| c).collect(),
+            shown_only.into_iter().map(|(_, s)| s).collect(),
+        )
     }
 
     fn named(&self, mut excluded: Vec<(usize, Exclusion)>) -> Vec<(String, Exclusion)> {
@@ -625,7 +659,7 @@ impl Decentralized {
     async fn commit_one(&self, node: &Node, req: &CommitRequest) -> Answer<(Commitment, Vec<u8>)> {
         let fut = async {
             let resp = self.client.post(&node.commit_url).json(req).send().await;
-            let body = read_answer(resp, MAX_COMMIT_ANSWER, &node.id, "commit").await?;
+            let body = read_answer(resp, MAX_COMMIT_ANSWER, &node.id, Phase::Commit).await?;
             let a: CommitResponse =
                 serde_json::from_slice(&body).map_err(|_| Exclusion::BadResponse)?;
             if a.node_id != node.id || a.round != req.round {
@@ -658,7 +692,7 @@ impl Decentralized {
         let limit = self.bytes_per_node.div_ceil(3) * 4 + 2048;
         let fut = async {
             let resp = self.client.post(&node.reveal_url).json(req).send().await;
-            let body = read_answer(resp, limit, &node.id, "reveal").await?;
+            let body = read_answer(resp, limit, &node.id, Phase::Reveal).await?;
             let mut a: RevealResponse =
                 serde_json::from_slice(&body).map_err(|_| Exclusion::BadResponse)?;
             let bytes = proto::decode_bytes(&a.bytes).map(SecretBytes::new);
@@ -713,7 +747,7 @@ async fn read_answer(
     resp: Result<reqwest::Response, reqwest::Error>,
     limit: usize,
     node: &str,
-    phase: &'static str,
+    phase: Phase,
 ) -> Result<zeroize::Zeroizing<Vec<u8>>, Exclusion> {
     let mut resp = resp.map_err(|e| {
         if e.is_timeout() {
@@ -734,7 +768,7 @@ async fn read_answer(
             .map(|b| b.reason)
             .filter(|r| r.len() <= 32 && r.bytes().all(|c| c.is_ascii_lowercase() || c == b'_'))
             .unwrap_or_default();
-        tracing::warn!(node, phase, %status, reason, "node refused");
+        tracing::warn!(node, %phase, %status, reason, "node refused");
         return Err(Exclusion::BadResponse);
     }
     let mut body = zeroize::Zeroizing::new(Vec::new());

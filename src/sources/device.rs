@@ -161,3 +161,19 @@ impl Source for DeviceSource {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_accepts_exactly_the_rates_with_a_termios_constant() {
+        for b in 0..=1_000_000 {
+            assert_eq!(
+                baud_rate(b).is_some(),
+                crate::config::STANDARD_BAUD_RATES.contains(&b),
+                "{b}"
+            );
+        }
+    }
+}

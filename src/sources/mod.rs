@@ -1,6 +1,7 @@
-//! Entropy sources behind one trait. Each source only fetches; the hub wraps every source in a
-//! [`gate::Gate`] (rate limit and backoff) and health-tests its raw bytes
-//! ([`crate::health::SourceHealth`]).
+//! Entropy sources behind one trait. Each source only fetches; the hub (and a decentralized node)
+//! wraps every source in a [`gate::Gate`] (rate limit and backoff) and health-tests its raw bytes
+//! ([`crate::health::SourceHealth`]). [`make_source`] builds a source and its [`SourceSettings`]
+//! from its config, for both.
 //!
 //! Kinds: `local` (getrandom), `rest` (QRNG services over HTTPS), `pkcs11` (HSMs), `spore`
 //! (Crypto4A's signed entropy service), `usb` (vendor-class bulk devices) and `device` (character
@@ -14,6 +15,7 @@ pub mod device;
 pub mod gate;
 mod httpx;
 pub mod local;
+mod make;
 pub mod pkcs11;
 pub mod rest;
 pub mod spore;
@@ -24,6 +26,8 @@ use std::time::Duration;
 
 use crate::secret::SecretBytes;
 use crate::wire::SourceKind;
+
+pub use make::{SOURCE_TIMEOUT, SourceSettings, make_source};
 
 /// Why a fetch failed. Messages never carry entropy, tokens or PINs.
 #[derive(Debug, thiserror::Error)]

@@ -29,6 +29,7 @@
 //! replay, signature).
 
 mod codec;
+pub mod node;
 mod provenance;
 pub mod refill;
 

@@ -29,7 +29,7 @@ pub const FRAME_HEADER: usize = 4;
 
 /// `POST /api/hub/refill`'s body: `bytes` of entropy for `recipient` (0 = a reachability probe,
 /// answered with nothing), optionally only from the sources with this id or kind.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefillRequest {
     pub recipient: String,

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use kirq::config::{HubConfig, SourceConfig};
 use kirq::crypto::falcon::SigningKey;
-use kirq::hub::{PacketFactory, SourceSettings};
+use kirq::hub::PacketFactory;
 use kirq::sources::Source;
+use kirq::sources::SourceSettings;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -83,7 +84,7 @@ pub async fn https_server(router: axum::Router) -> TlsServer {
 /// A source built from a TOML `[[sources]]` table, the way the hub builds it.
 pub fn source_from_toml(text: &str) -> (Box<dyn Source>, SourceSettings) {
     let c: SourceConfig = toml::from_str(text).unwrap();
-    kirq::hub::make_source(&c).unwrap()
+    kirq::sources::make_source(&c).unwrap()
 }
 
 /// Checks a hub config's `sources` section the way `kirq-hub check-config` does.

@@ -98,7 +98,7 @@ pub async fn prepare(dir: &Path, g: Guest) -> PathBuf {
         key,
         vec![(
             Box::new(LocalSource::new("vm-host")) as Box<dyn kirq::sources::Source>,
-            kirq::hub::SourceSettings::default(),
+            kirq::sources::SourceSettings::default(),
         )],
         20,
         Duration::ZERO,

@@ -1,5 +1,6 @@
-//! The node protocol's JSON messages, shared by the node (server) and the hub (client), and the
-//! parsers both sides use for their fields.
+//! The node protocol's JSON messages, shared by the node (server, [`crate::node`]) and the hub
+//! (client, [`crate::sources::decentralized`]), and the parsers both sides use for their fields.
+//! They live with the wire types so that neither side imports the other.
 //!
 //! Commitments travel as 64 lowercase hex digits, signatures and revealed bytes as standard
 //! base64. Every list is bounded ([`MAX_LIST`]) and every body too, before anything is parsed.
@@ -7,7 +8,6 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
-use crate::config::MAX_NODES;
 use crate::crypto::falcon::MAX_SIGNATURE_BYTES;
 use crate::crypto::stark::{self, Commitment};
 
@@ -15,15 +15,16 @@ pub const COMMIT_PATH: &str = "/api/node/commit";
 pub const REVEAL_PATH: &str = "/api/node/reveal";
 /// Largest commit request body.
 pub const MAX_COMMIT_BODY: usize = 1024;
-/// Most entries in a reveal request's `commitments` and in its `hub_commitments`.
-pub const MAX_LIST: usize = MAX_NODES;
+/// Most entries in a reveal request's `commitments` and in its `hub_commitments`: the most nodes
+/// a decentralized setup may list (`crate::config::MAX_NODES` is this number).
+pub const MAX_LIST: usize = 64;
 /// Largest reveal request body: two full lists with the largest signatures fit well within it.
 pub const MAX_REVEAL_BODY: usize = 256 * 1024;
 /// Largest commit answer a hub reads.
 pub const MAX_COMMIT_ANSWER: usize = 4096;
 
 /// `POST /api/node/commit`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommitRequest {
     pub round: u64,
@@ -32,7 +33,7 @@ pub struct CommitRequest {
 
 /// The answer to a commit: the node's Falcon-512 signature over
 /// [`crate::crypto::node_signing_digest`]`(round, node_id, commitment)`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommitResponse {
     pub node_id: String,
@@ -42,7 +43,7 @@ pub struct CommitResponse {
 }
 
 /// One node's signed commitment, as a reveal request shows it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignedCommitment {
     pub node_id: String,
@@ -51,7 +52,7 @@ pub struct SignedCommitment {
 }
 
 /// The hub's own commitment to one of its sources' contributions to the round.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HubCommitment {
     pub source_id: String,
@@ -59,7 +60,7 @@ pub struct HubCommitment {
 }
 
 /// `POST /api/node/reveal`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevealRequest {
     pub round: u64,
@@ -72,7 +73,7 @@ pub struct RevealRequest {
 /// The answer to a reveal: the committed bytes (base64), and the node's receipt: its signature
 /// over [`crate::crypto::node_receipt_digest`]`(round, recipient, epoch, sequence, set)`, where
 /// `set` is the digest of every commitment the request showed. `Debug` hides the bytes.
-#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevealResponse {
     pub node_id: String,
@@ -116,7 +117,7 @@ pub fn shown_set(req: &RevealRequest) -> Option<[u8; 32]> {
 }
 
 /// Every refusal: a message for people and a fixed reason (also the metric label).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: String,
     pub reason: String,
