@@ -337,6 +337,8 @@ pub struct HubMetrics {
     pub registry: Registry,
     pub packets_built: Counter,
     pub deliveries: Family<Label2, Counter>,
+    pub delivered_packets: Family<Label1, Counter>,
+    pub reloads: Family<Label1, Counter>,
     pub quality: Family<Label1, Histogram, fn() -> Histogram>,
     pub source_quality: Family<Label1, Gauge<f64, AtomicU64>>,
     pub source_failures: Family<Label2, Counter>,
@@ -351,6 +353,8 @@ impl HubMetrics {
             registry: Registry::default(),
             packets_built: Counter::default(),
             deliveries: Family::default(),
+            delivered_packets: Family::default(),
+            reloads: Family::default(),
             quality: Family::new_with_constructor(quality_histogram as fn() -> Histogram),
             source_quality: Family::default(),
             source_failures: Family::default(),
@@ -364,9 +368,23 @@ impl HubMetrics {
         );
         registry.register(
             "kirq_hub_deliveries",
-            "Packet deliveries by daemon and outcome",
+            "Delivery attempts by class (pull: refill answers; push) and outcome; per class, not \
+             per daemon, so the label set stays small for any number of daemons",
             m.deliveries.clone(),
         );
+        registry.register(
+            "kirq_hub_delivered_packets",
+            "Packets handed to daemons, by class (pull, push)",
+            m.delivered_packets.clone(),
+        );
+        registry.register(
+            "kirq_hub_config_reloads",
+            "SIGHUP config reloads, by outcome (applied, refused)",
+            m.reloads.clone(),
+        );
+        for outcome in ["applied", "refused"] {
+            let _ = m.reloads.get_or_create(&l1("outcome", outcome));
+        }
         registry.register(
             "entropy_quality_score",
             "Quality score in [0,1] per source, observed per tested block",
@@ -391,13 +409,23 @@ impl HubMetrics {
         Self { registry, ..m }
     }
 
-    pub fn delivery(&self, daemon: &str, outcome: &str) {
+    /// One delivery attempt of `class` (`pull` or `push`).
+    pub fn delivery(&self, class: &str, outcome: &'static str) {
         self.deliveries
-            .get_or_create(&[
-                ("daemon", daemon.to_owned()),
-                ("outcome", outcome.to_owned()),
-            ])
+            .get_or_create(&[("class", class.to_owned()), ("outcome", outcome.to_owned())])
             .inc();
+    }
+
+    /// `packets` packets handed over by one delivery of `class`.
+    pub fn delivered(&self, class: &str, packets: usize) {
+        self.delivered_packets
+            .get_or_create(&l1("class", class))
+            .inc_by(packets as u64);
+    }
+
+    /// One SIGHUP reload, `applied` or `refused`.
+    pub fn reload(&self, outcome: &'static str) {
+        self.reloads.get_or_create(&l1("outcome", outcome)).inc();
     }
 
     pub fn observe_quality(&self, source: &str, q: f64) {

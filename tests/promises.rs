@@ -322,7 +322,7 @@ fn one_daemon_gets_no_more_than_its_share_of_the_hub() {
         .lines()
         .find(|l| {
             l.starts_with("kirq_hub_deliveries_total")
-                && l.contains(&format!("daemon=\"{DAEMON_ID}\""))
+                && l.contains("class=\"pull\"")
                 && l.contains("outcome=\"rate_limited\"")
         })
         .and_then(|l| l.rsplit(' ').next())

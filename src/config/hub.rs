@@ -42,14 +42,19 @@ pub struct HubConfig {
     pub limits: HubLimits,
 }
 
-/// Each daemon's share of this hub (pull and push together).
-#[derive(Debug, Clone, serde::Deserialize)]
+/// Each daemon's share of this hub (pull and push together), and the hub's own budget.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HubLimits {
     /// Entropy bytes per second one daemon may take, sustained.
     pub daemon_bytes_per_second: u64,
     /// Entropy bytes one daemon may take at once after being idle.
     pub daemon_burst_bytes: u64,
+    /// Entropy bytes per second this hub hands out to all daemons together (what its sources'
+    /// quotas allow); 0 = no hub-wide budget.
+    pub hub_bytes_per_second: u64,
+    /// Entropy bytes the hub may hand out at once after being idle (with a budget set).
+    pub hub_burst_bytes: u64,
 }
 
 impl Default for HubLimits {
@@ -57,6 +62,8 @@ impl Default for HubLimits {
         Self {
             daemon_bytes_per_second: 8 << 20,
             daemon_burst_bytes: 16 << 20,
+            hub_bytes_per_second: 0,
+            hub_burst_bytes: 64 << 20,
         }
     }
 }
@@ -118,12 +125,18 @@ pub struct HubTlsConfig {
     pub daemon_ca: PathBuf,
     #[serde(default)]
     pub pq_only: bool,
+    /// Also accept a daemon certificate that names its id as the SPIFFE ID
+    /// `spiffe://<trust domain>/kirqd/<id>` (URI SAN), as SPIRE or cert-manager issue them. Unset:
+    /// only a DNS name equal to the id names a daemon.
+    #[serde(default)]
+    pub spiffe_trust_domain: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DaemonEndpoint {
-    /// The daemon's recipient id (its config `id`); also a DNS name its certificate must carry.
+    /// The daemon's recipient id (its config `id`). Only pushing needs a listed daemon: any daemon
+    /// whose certificate (from `tls.daemon_ca`) names its id may pull without being listed.
     pub id: String,
     /// Base URL of the daemon's receive listener; omit for pull-only daemons.
     #[serde(default)]
@@ -557,6 +570,23 @@ impl SourceConfig {
     }
 }
 
+/// A SPIFFE trust domain: 1-255 characters from `[a-z0-9._-]` (the SPIFFE ID standard).
+fn check_trust_domain(td: &str) -> Result<(), ConfigError> {
+    let ok = !td.is_empty()
+        && td.len() <= 255
+        && td
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "tls.spiffe_trust_domain",
+            "must be 1-255 characters from [a-z0-9._-], e.g. \"example.org\" (no spiffe:// prefix)",
+        ))
+    }
+}
+
 fn check_chunk(key: &'static str, n: usize) -> Result<(), ConfigError> {
     if (1..=MAX_ENTROPY_BYTES).contains(&n) {
         Ok(())
@@ -652,6 +682,17 @@ impl HubConfig {
                 "limits.daemon_burst_bytes",
                 "must be at least packet_bytes (one packet)",
             ));
+        }
+        if self.limits.hub_bytes_per_second > 0
+            && self.limits.hub_burst_bytes < self.packet_bytes as u64
+        {
+            return Err(invalid(
+                "limits.hub_burst_bytes",
+                "must be at least packet_bytes (one packet) when limits.hub_bytes_per_second is set",
+            ));
+        }
+        if let Some(td) = &self.tls.spiffe_trust_domain {
+            check_trust_domain(td)?;
         }
         let mut ids = std::collections::HashSet::new();
         for d in &self.daemons {

@@ -174,6 +174,34 @@ type = "local"
         HubConfig::load(&write(dir.path(), &t)),
         Err(ConfigError::Parse { .. })
     ));
+    // A SPIFFE trust domain is a bare domain; a hub budget must hold one packet.
+    assert_eq!(c.tls.spiffe_trust_domain, None);
+    let t = text.replace(
+        "[tls]\n",
+        "[tls]\nspiffe_trust_domain = \"fleet.example\"\n",
+    );
+    let c2 = HubConfig::load(&write(dir.path(), &t)).unwrap();
+    assert_eq!(c2.tls.spiffe_trust_domain.as_deref(), Some("fleet.example"));
+    for (edit, key) in [
+        (
+            text.replace("[tls]\n", "[tls]\nspiffe_trust_domain = \"spiffe://x\"\n"),
+            "tls.spiffe_trust_domain",
+        ),
+        (
+            text.replace("[tls]\n", "[tls]\nspiffe_trust_domain = \"\"\n"),
+            "tls.spiffe_trust_domain",
+        ),
+        (
+            format!("{text}\n[limits]\nhub_bytes_per_second = 1000\nhub_burst_bytes = 100\n"),
+            "limits.hub_burst_bytes",
+        ),
+    ] {
+        match HubConfig::load(&write(dir.path(), &edit)) {
+            Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{edit}"),
+            other => panic!("expected Invalid({key}), got {other:?}"),
+        }
+    }
+    assert_eq!(c.limits.hub_bytes_per_second, 0, "no hub budget by default");
     let t = format!("{text}\n[proof]\nmode = \"when_idle\"\nmax_output_bytes = 262136\n");
     assert_eq!(
         HubConfig::load(&write(dir.path(), &t)).unwrap().proof.mode,

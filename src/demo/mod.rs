@@ -67,6 +67,7 @@ pub fn configs(dir: &Path, http: Option<SocketAddr>) -> anyhow::Result<(HubConfi
             key: dir.join(format!("{HUB_ID}.key")),
             daemon_ca: dir.join("daemon-ca.pem"),
             pq_only: false,
+            spiffe_trust_domain: None,
         },
         listen: SocketAddr::from(([127, 0, 0, 1], hub_port)),
         metrics_listen: None,

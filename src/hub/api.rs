@@ -6,9 +6,7 @@
 //! `/openapi.json`) on plain HTTP at `metrics_listen`. [`document`] describes both. Every refusal
 //! is a [`HubError`]: its status, a `{"error": ...}` body, and `Retry-After` on 429.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -20,7 +18,7 @@ use utoipa::openapi::OpenApi as Doc;
 use utoipa::{OpenApi, ToSchema};
 
 use super::build::{BuildError, Mode, PacketFactory, SourceReport};
-use super::limit::DaemonShare;
+use super::limit::{DaemonShare, Refusal};
 use crate::config::{BelowMin, ProofMode};
 use crate::crypto::sig::PacketSigner;
 use crate::metrics::HubMetrics;
@@ -28,14 +26,19 @@ use crate::sources::decentralized::NodeReport;
 use crate::tls::{self, PeerCert};
 use crate::wire::refill::{self, FrameWriter, RefillRequest};
 
+/// The delivery class of refill answers in metrics.
+pub(super) const PULL: &str = "pull";
+/// The delivery class of pushes in metrics.
+pub(super) const PUSH: &str = "push";
+
 /// What every handler reads.
 pub(super) struct HubState {
     pub(super) id: String,
     pub(super) factory: PacketFactory,
     pub(super) metrics: Arc<HubMetrics>,
     pub(super) packet_bytes: usize,
-    /// Registered daemons: id → push URL (if any).
-    pub(super) daemons: HashMap<String, Option<String>>,
+    /// `tls.spiffe_trust_domain`: whose SPIFFE IDs name daemons besides DNS names.
+    pub(super) trust_domain: Option<String>,
     /// Each daemon's byte rate and burst (`[limits]`).
     pub(super) share: DaemonShare,
 }
@@ -69,14 +72,14 @@ pub enum HubError {
     TooLarge,
     #[error("bad refill request: {0}")]
     BadRequest(serde_json::Error),
-    #[error("recipient is not registered with this hub")]
-    NotRegistered,
+    #[error("`recipient` is not a daemon id (1-64 characters from [A-Za-z0-9._-])")]
+    BadRecipient,
     #[error("client certificate does not name the recipient")]
     CertMismatch,
     #[error("`source` names no configured source id or kind")]
     UnknownSource,
-    #[error("this daemon's share of the hub (limits.daemon_bytes_per_second) is used up")]
-    ShareUsedUp { retry_after: Duration },
+    #[error("{}", share_message(.0))]
+    ShareUsedUp(Refusal),
     /// Not even one packet could be built.
     #[error("{0}")]
     NoPacket(BuildError),
@@ -85,14 +88,36 @@ pub enum HubError {
 impl HubError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::TransportRequired | Self::BadRequest(_) | Self::UnknownSource => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::TransportRequired
+            | Self::BadRequest(_)
+            | Self::BadRecipient
+            | Self::UnknownSource => StatusCode::BAD_REQUEST,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NotRegistered | Self::CertMismatch => StatusCode::FORBIDDEN,
-            Self::ShareUsedUp { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::CertMismatch => StatusCode::FORBIDDEN,
+            Self::ShareUsedUp(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::NoPacket(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
+    }
+}
+
+fn share_message(r: &Refusal) -> &'static str {
+    match r {
+        Refusal::Daemon(_) => {
+            "this daemon's share of the hub (limits.daemon_bytes_per_second) is used up"
+        }
+        Refusal::Hub(_) => {
+            "the hub's budget for all daemons (limits.hub_bytes_per_second) is used up"
+        }
+        Refusal::TooManyDaemons => "the hub is serving as many daemons as it keeps shares for",
+    }
+}
+
+/// The `outcome` label a refusal is counted under.
+pub(super) fn refusal_outcome(r: &Refusal) -> &'static str {
+    match r {
+        Refusal::Daemon(_) => "rate_limited",
+        Refusal::Hub(_) => "hub_budget",
+        Refusal::TooManyDaemons => "too_many_daemons",
     }
 }
 
@@ -111,8 +136,8 @@ impl IntoResponse for HubError {
             }),
         )
             .into_response();
-        if let Self::ShareUsedUp { retry_after } = self {
-            let secs = retry_after.as_secs().max(1).to_string();
+        if let Self::ShareUsedUp(refusal) = self {
+            let secs = refusal.retry_after().as_secs().max(1).to_string();
             if let Ok(v) = HeaderValue::from_str(&secs) {
                 r.headers_mut().insert(header::RETRY_AFTER, v);
             }
@@ -130,13 +155,13 @@ impl IntoResponse for HubError {
     responses(
         (status = 200, description = "Framed packets: u32 length (big-endian) ‖ packet, repeated",
             content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 400, description = "No transport header, bad JSON, or an unknown `source`",
-            body = ErrorBody),
-        (status = 403, description = "Recipient not registered, or not named by the client \
-            certificate", body = ErrorBody),
+        (status = 400, description = "No transport header, bad JSON, a recipient that is not an \
+            id, or an unknown `source`", body = ErrorBody),
+        (status = 403, description = "The client certificate does not name the recipient (DNS \
+            name, or SPIFFE ID in `tls.spiffe_trust_domain`)", body = ErrorBody),
         (status = 413, description = "Request body too large", body = ErrorBody),
-        (status = 429, description = "This daemon's share is used up (Retry-After)",
-            body = ErrorBody),
+        (status = 429, description = "This daemon's share, or the hub's budget for all daemons, \
+            is used up (Retry-After)", body = ErrorBody),
         (status = 503, description = "No packet could be built", body = ErrorBody),
     ))]
 async fn refill(
@@ -147,9 +172,10 @@ async fn refill(
 ) -> Result<Response, HubError> {
     let req = admit_refill(&state, &peer, &headers, &body)?;
     let count = grant(&state, &req)?;
-    let frames = build_frames(&state, &req, count).await?;
+    let (frames, built) = build_frames(&state, &req, count).await?;
     if count > 0 {
-        state.metrics.delivery(&req.recipient, "pulled");
+        state.metrics.delivery(PULL, "delivered");
+        state.metrics.delivered(PULL, built);
     }
     Ok((
         [(header::CONTENT_TYPE, "application/octet-stream")],
@@ -174,10 +200,10 @@ fn admit_refill(
         return Err(HubError::TooLarge);
     }
     let req: RefillRequest = serde_json::from_slice(body).map_err(HubError::BadRequest)?;
-    if !state.daemons.contains_key(&req.recipient) {
-        return Err(HubError::NotRegistered);
+    if !crate::wire::is_valid_id(&req.recipient) {
+        return Err(HubError::BadRecipient);
     }
-    if !tls::cert_names(&peer.0, &req.recipient) {
+    if !tls::cert_names_daemon(&peer.0, &req.recipient, state.trust_domain.as_deref()) {
         return Err(HubError::CertMismatch);
     }
     if let Some(name) = &req.source
@@ -195,20 +221,22 @@ fn grant(state: &HubState, req: &RefillRequest) -> Result<usize, HubError> {
     state
         .share
         .grant(&req.recipient, asked, n, std::time::Instant::now())
-        .map_err(|wait| {
-            state.metrics.delivery(&req.recipient, "rate_limited");
-            HubError::ShareUsedUp { retry_after: wait }
+        .map_err(|refusal| {
+            state.metrics.delivery(PULL, refusal_outcome(&refusal));
+            HubError::ShareUsedUp(refusal)
         })
 }
 
-/// Builds up to `count` packets; an error only when not even the first one could be built.
+/// Builds up to `count` packets: the frames and how many; an error only when not even the first
+/// one could be built.
 async fn build_frames(
     state: &HubState,
     req: &RefillRequest,
     count: usize,
-) -> Result<FrameWriter, HubError> {
+) -> Result<(FrameWriter, usize), HubError> {
     let n = state.packet_bytes;
     let mut out = FrameWriter::default();
+    let mut built = 0;
     for _ in 0..count {
         match state
             .factory
@@ -223,12 +251,13 @@ async fn build_frames(
                         FrameWriter::with_capacity(count * (p.len() + refill::FRAME_HEADER + 256));
                 }
                 out.push(&p);
+                built += 1;
             }
             Err(e) if out.is_empty() => return Err(HubError::NoPacket(e)),
             Err(_) => break,
         }
     }
-    Ok(out)
+    Ok((out, built))
 }
 
 /// `GET /metrics`: OpenMetrics text.
@@ -342,11 +371,17 @@ mod tests {
     use axum::http::{Method, Request};
     use tower::ServiceExt;
 
+    use std::time::Duration;
+
     use super::*;
     use crate::config::{HybridConfig, SourceConfig};
     use crate::crypto::falcon::SigningKey;
 
     fn state() -> Arc<HubState> {
+        state_in(None)
+    }
+
+    fn state_in(trust_domain: Option<&str>) -> Arc<HubState> {
         let source = crate::sources::make_source(&SourceConfig::local("local-1")).unwrap();
         Arc::new(HubState {
             id: "hub-1".into(),
@@ -360,8 +395,8 @@ mod tests {
             ),
             metrics: Arc::new(HubMetrics::new()),
             packet_bytes: 64,
-            daemons: HashMap::from([("daemon-1".to_owned(), None)]),
-            share: DaemonShare::new(1 << 20, 1 << 20),
+            trust_domain: trust_domain.map(str::to_owned),
+            share: DaemonShare::new(&crate::config::HubLimits::default()),
         })
     }
 
@@ -439,10 +474,7 @@ mod tests {
 
     #[tokio::test]
     async fn refusals_keep_status_body_and_retry_after() {
-        let r = HubError::ShareUsedUp {
-            retry_after: Duration::from_millis(2500),
-        }
-        .into_response();
+        let r = HubError::ShareUsedUp(Refusal::Daemon(Duration::from_millis(2500))).into_response();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "2");
         let body = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
@@ -455,10 +487,63 @@ mod tests {
         let r = HubError::TransportRequired.into_response();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         assert!(r.headers().get(header::RETRY_AFTER).is_none());
-        assert_eq!(HubError::NotRegistered.status(), StatusCode::FORBIDDEN);
+        assert_eq!(HubError::CertMismatch.status(), StatusCode::FORBIDDEN);
+        assert_eq!(HubError::BadRecipient.status(), StatusCode::BAD_REQUEST);
         assert_eq!(
             HubError::NoPacket(BuildError::NoHealthySource).status(),
             StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    /// Asks `state` for one packet for `recipient` as the holder of `cert_pem`.
+    async fn pull_as(state: &Arc<HubState>, cert_pem: &str, recipient: &str) -> StatusCode {
+        use rustls::pki_types::pem::PemObject;
+        let cert = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+        let mut req = Request::post(refill::REFILL_PATH)
+            .header(refill::TRANSPORT_HEADER, refill::TRANSPORT_VERSION)
+            .body(Body::from(
+                serde_json::json!({ "recipient": recipient, "bytes": 64 }).to_string(),
+            ))
+            .unwrap();
+        req.extensions_mut().insert(PeerCert(Arc::new(cert)));
+        router(state.clone()).oneshot(req).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn any_daemon_the_certificate_names_may_pull_and_no_other() {
+        let ca = crate::pki::Ca::new("daemon CA").unwrap();
+        let dns = ca.issue("kirqd-7", &[]).unwrap().cert_pem;
+        let spiffe = ca
+            .issue_uri(&tls::spiffe_daemon_id("fleet.test", "kirqd-9"), &[])
+            .unwrap()
+            .cert_pem;
+        // No daemon is listed in either hub's config.
+        let plain = state_in(None);
+        let fleet = state_in(Some("fleet.test"));
+        assert_eq!(pull_as(&plain, &dns, "kirqd-7").await, StatusCode::OK);
+        assert_eq!(pull_as(&fleet, &dns, "kirqd-7").await, StatusCode::OK);
+        assert_eq!(pull_as(&fleet, &spiffe, "kirqd-9").await, StatusCode::OK);
+        // Another daemon's id, a SPIFFE ID outside the hub's trust domain, a bad id.
+        assert_eq!(
+            pull_as(&plain, &dns, "kirqd-8").await,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            pull_as(&fleet, &spiffe, "kirqd-7").await,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            pull_as(&plain, &spiffe, "kirqd-9").await,
+            StatusCode::FORBIDDEN
+        );
+        let other_domain = state_in(Some("other.test"));
+        assert_eq!(
+            pull_as(&other_domain, &spiffe, "kirqd-9").await,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            pull_as(&plain, &dns, "kirqd 7").await,
+            StatusCode::BAD_REQUEST
         );
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Packets are addressed: each is built for one daemon id and never reused. Delivery is push (one
 //! task per daemon with a URL, every `push_interval_ms`) and pull (daemons call
-//! `POST /api/hub/refill` on the mutual-TLS listener when their pool runs low; the recipient named
-//! in the request must be a registered daemon whose client certificate carries that id).
+//! `POST /api/hub/refill` on the mutual-TLS listener when their pool runs low). A pull needs no
+//! entry in the hub's config: the recipient it names must be named by the client certificate (a
+//! DNS name, or a SPIFFE ID in `tls.spiffe_trust_domain`) that the daemon CA issued.
 
 mod api;
 mod build;

@@ -9,7 +9,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::http::header;
 
-use super::api::{self, HubState};
+use super::api::{self, HubState, PUSH};
 use super::build::PacketFactory;
 use super::limit::DaemonShare;
 use crate::config::HubConfig;
@@ -60,15 +60,8 @@ pub async fn start(cfg: HubConfig, key: impl Into<HubSigningKey>) -> anyhow::Res
         factory,
         metrics: metrics.clone(),
         packet_bytes: cfg.packet_bytes,
-        daemons: cfg
-            .daemons
-            .iter()
-            .map(|d| (d.id.clone(), d.url.clone()))
-            .collect(),
-        share: DaemonShare::new(
-            cfg.limits.daemon_bytes_per_second,
-            cfg.limits.daemon_burst_bytes,
-        ),
+        trust_domain: cfg.tls.spiffe_trust_domain.clone(),
+        share: DaemonShare::new(&cfg.limits),
     });
     let mut tasks = Vec::new();
     let listener = bind(cfg.listen, "listen").await?;
@@ -190,14 +183,15 @@ async fn push_loop(
     let mut backoff = interval;
     loop {
         tokio::time::sleep(backoff).await;
-        if let Err(wait) =
+        if let Err(refusal) =
             state
                 .share
                 .grant(&daemon, 1, state.packet_bytes, std::time::Instant::now())
         {
-            // This daemon has had its share; push again when one packet's worth is back.
-            state.metrics.delivery(&daemon, "rate_limited");
-            backoff = wait.max(interval);
+            // This daemon (or the hub) has had its share; push again when one packet's worth is
+            // back.
+            state.metrics.delivery(PUSH, api::refusal_outcome(&refusal));
+            backoff = refusal.retry_after().max(interval);
             continue;
         }
         let packet = match state
@@ -221,7 +215,8 @@ async fn push_loop(
             .await;
         match res {
             Ok(r) if r.status().is_success() => {
-                state.metrics.delivery(&daemon, "accepted");
+                state.metrics.delivery(PUSH, "accepted");
+                state.metrics.delivered(PUSH, 1);
                 backoff = interval;
             }
             Ok(r) => {
@@ -231,14 +226,14 @@ async fn push_loop(
                     .await
                     .map(|d| d.reason)
                     .unwrap_or_default();
-                state.metrics.delivery(&daemon, "rejected");
+                state.metrics.delivery(PUSH, "rejected");
                 if reason != "pool_full" {
                     tracing::warn!(daemon = %daemon, %status, reason, "daemon refused a packet");
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
             Err(e) => {
-                state.metrics.delivery(&daemon, "unreachable");
+                state.metrics.delivery(PUSH, "unreachable");
                 tracing::warn!(daemon = %daemon, error = %e, "push failed");
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
