@@ -320,7 +320,9 @@ impl Quiet {
 
 /// What the accept loop and its connection tasks share.
 struct Listener {
-    acceptor: tokio_rustls::TlsAcceptor,
+    /// The server config for the next handshake (a hub reload sends a new one; connections
+    /// already open keep theirs).
+    config: tokio::sync::watch::Receiver<Arc<ServerConfig>>,
     router: axum::Router,
     observer: Arc<dyn HandshakeObserver>,
     limits: ListenerLimits,
@@ -337,14 +339,26 @@ pub async fn serve_mtls(
     router: axum::Router,
     observer: Arc<dyn HandshakeObserver>,
 ) {
+    let (_keep, config) = tokio::sync::watch::channel(config);
+    serve_mtls_reloadable(listener, config, router, observer).await;
+}
+
+/// [`serve_mtls`] whose server config (certificate, client CA) can be replaced while it runs:
+/// each new handshake uses the latest config `config` has seen, open connections are not touched.
+pub async fn serve_mtls_reloadable(
+    listener: tokio::net::TcpListener,
+    config: tokio::sync::watch::Receiver<Arc<ServerConfig>>,
+    router: axum::Router,
+    observer: Arc<dyn HandshakeObserver>,
+) {
     let limits = ListenerLimits::for_this_process();
     serve_mtls_within(listener, config, router, observer, limits).await;
 }
 
-/// [`serve_mtls`] with explicit limits.
+/// [`serve_mtls_reloadable`] with explicit limits.
 pub async fn serve_mtls_within(
     listener: tokio::net::TcpListener,
-    config: Arc<ServerConfig>,
+    config: tokio::sync::watch::Receiver<Arc<ServerConfig>>,
     router: axum::Router,
     observer: Arc<dyn HandshakeObserver>,
     limits: ListenerLimits,
@@ -360,7 +374,7 @@ pub async fn serve_mtls_within(
     );
     let gate = Gate::new(limits);
     let shared = Arc::new(Listener {
-        acceptor: tokio_rustls::TlsAcceptor::from(config),
+        config,
         router,
         observer,
         limits,
@@ -416,7 +430,8 @@ async fn serve_one(l: &Listener, tcp: tokio::net::TcpStream, addr: SocketAddr) {
             .acquire()
             .await
             .expect("the handshake semaphore is never closed");
-        l.acceptor.accept(tcp).await
+        let config = l.config.borrow().clone();
+        tokio_rustls::TlsAcceptor::from(config).accept(tcp).await
     };
     let tls = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(tls)) => tls,

@@ -31,7 +31,36 @@ pub(super) const PULL: &str = "pull";
 /// The delivery class of pushes in metrics.
 pub(super) const PUSH: &str = "push";
 
-/// What every handler reads.
+/// The hub as its handlers and push loops see it: the state of the config in force, replaced
+/// whole by a reload (a request already running keeps the state it started with).
+#[derive(Debug)]
+pub(super) struct Hub {
+    current: std::sync::RwLock<Arc<HubState>>,
+}
+
+impl Hub {
+    pub(super) fn new(state: HubState) -> Self {
+        Self {
+            current: std::sync::RwLock::new(Arc::new(state)),
+        }
+    }
+
+    pub(super) fn current(&self) -> Arc<HubState> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Puts `state` in force; returns the one it replaces.
+    pub(super) fn replace(&self, state: HubState) -> Arc<HubState> {
+        let mut c = self.current.write().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *c, Arc::new(state))
+    }
+}
+
+/// What every handler reads: one config's worth of the hub.
+#[derive(Debug)]
 pub(super) struct HubState {
     pub(super) id: String,
     pub(super) factory: PacketFactory,
@@ -39,13 +68,13 @@ pub(super) struct HubState {
     pub(super) packet_bytes: usize,
     /// `tls.spiffe_trust_domain`: whose SPIFFE IDs name daemons besides DNS names.
     pub(super) trust_domain: Option<String>,
-    /// Each daemon's byte rate and burst (`[limits]`).
-    pub(super) share: DaemonShare,
+    /// Each daemon's byte rate and burst and the hub's budget (`[limits]`); one across reloads.
+    pub(super) share: Arc<DaemonShare>,
 }
 
 /// The pull API, served behind mutual TLS: each request must carry the [`PeerCert`] extension
 /// ([`tls::serve_mtls`] adds it).
-pub(super) fn router(state: Arc<HubState>) -> Router {
+pub(super) fn router(state: Arc<Hub>) -> Router {
     Router::new()
         .route(refill::REFILL_PATH, post(refill))
         .layer(axum::extract::DefaultBodyLimit::max(
@@ -55,7 +84,7 @@ pub(super) fn router(state: Arc<HubState>) -> Router {
 }
 
 /// The local monitoring listener (`metrics_listen`).
-pub(super) fn local_router(state: Arc<HubState>) -> Router {
+pub(super) fn local_router(state: Arc<Hub>) -> Router {
     Router::new()
         .route("/metrics", get(hub_metrics))
         .route("/health", get(hub_health))
@@ -165,11 +194,12 @@ impl IntoResponse for HubError {
         (status = 503, description = "No packet could be built", body = ErrorBody),
     ))]
 async fn refill(
-    State(state): State<Arc<HubState>>,
+    State(hub): State<Arc<Hub>>,
     Extension(peer): Extension<PeerCert>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HubError> {
+    let state = hub.current();
     let req = admit_refill(&state, &peer, &headers, &body)?;
     let count = grant(&state, &req)?;
     let (frames, built) = build_frames(&state, &req, count).await?;
@@ -267,7 +297,8 @@ async fn build_frames(
             content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8",
             body = String),
     ))]
-async fn hub_metrics(State(state): State<Arc<HubState>>) -> Response {
+async fn hub_metrics(State(hub): State<Arc<Hub>>) -> Response {
+    let state = hub.current();
     (
         [(
             header::CONTENT_TYPE,
@@ -336,8 +367,8 @@ impl HealthResponse {
 /// `GET /health`: the hub's key, policy, and each source's and node's state.
 #[utoipa::path(get, path = "/health", tag = "meta",
     responses((status = 200, description = "Key, policy, sources and nodes", body = HealthResponse)))]
-async fn hub_health(State(state): State<Arc<HubState>>) -> Json<HealthResponse> {
-    Json(HealthResponse::of(&state))
+async fn hub_health(State(hub): State<Arc<Hub>>) -> Json<HealthResponse> {
+    Json(HealthResponse::of(&hub.current()))
 }
 
 /// `GET /openapi.json`: this document.
@@ -377,13 +408,13 @@ mod tests {
     use crate::config::{HybridConfig, SourceConfig};
     use crate::crypto::falcon::SigningKey;
 
-    fn state() -> Arc<HubState> {
+    fn state() -> Arc<Hub> {
         state_in(None)
     }
 
-    fn state_in(trust_domain: Option<&str>) -> Arc<HubState> {
+    fn state_in(trust_domain: Option<&str>) -> Arc<Hub> {
         let source = crate::sources::make_source(&SourceConfig::local("local-1")).unwrap();
-        Arc::new(HubState {
+        Arc::new(Hub::new(HubState {
             id: "hub-1".into(),
             factory: PacketFactory::new(
                 SigningKey::generate(),
@@ -396,8 +427,8 @@ mod tests {
             metrics: Arc::new(HubMetrics::new()),
             packet_bytes: 64,
             trust_domain: trust_domain.map(str::to_owned),
-            share: DaemonShare::new(&crate::config::HubLimits::default()),
-        })
+            share: Arc::new(DaemonShare::new(&crate::config::HubLimits::default())),
+        }))
     }
 
     fn doc_json() -> serde_json::Value {
@@ -496,7 +527,7 @@ mod tests {
     }
 
     /// Asks `state` for one packet for `recipient` as the holder of `cert_pem`.
-    async fn pull_as(state: &Arc<HubState>, cert_pem: &str, recipient: &str) -> StatusCode {
+    async fn pull_as(state: &Arc<Hub>, cert_pem: &str, recipient: &str) -> StatusCode {
         use rustls::pki_types::pem::PemObject;
         let cert = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
         let mut req = Request::post(refill::REFILL_PATH)

@@ -79,7 +79,7 @@ pub enum Mode {
     Stopped,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct HybridMetrics {
     packets: Family<Label1, Counter>,
     refused: Family<Label1, Counter>,
@@ -93,7 +93,8 @@ struct HybridMetrics {
 pub struct PacketFactory {
     key: HubSigningKey,
     sources: Vec<TrackedSource>,
-    sequence: AtomicU64,
+    /// Shared with the factory that replaces this one at a reload.
+    sequence: std::sync::Arc<AtomicU64>,
     lifetime_ms: u64,
     hybrid: HybridConfig,
     mode: Mutex<(Mode, usize)>,
@@ -102,12 +103,12 @@ pub struct PacketFactory {
     /// One permit per prover worker.
     provers: std::sync::Arc<tokio::sync::Semaphore>,
     /// The last mixing round used: rounds strictly increase.
-    round: AtomicU64,
+    round: std::sync::Arc<AtomicU64>,
     pm: ProofMetrics,
     decentralized: Option<Decentralized>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct ProofMetrics {
     /// Packets by proof outcome: proven, unproven (when_idle and all provers busy), off.
     packets: Family<Label1, Counter>,
@@ -146,7 +147,7 @@ impl PacketFactory {
         Self {
             key: key.into(),
             sources,
-            sequence: AtomicU64::new(0),
+            sequence: Default::default(),
             lifetime_ms,
             hybrid,
             mode: Mutex::new((Mode::Idle, 0)),
@@ -159,7 +160,7 @@ impl PacketFactory {
             },
             proof: ProofConfig::default(),
             provers: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
-            round: AtomicU64::new(0),
+            round: Default::default(),
             pm: ProofMetrics::default(),
             decentralized: None,
         }
@@ -184,6 +185,21 @@ impl PacketFactory {
     pub fn with_proof(mut self, proof: ProofConfig) -> Self {
         self.provers = std::sync::Arc::new(tokio::sync::Semaphore::new(proof.workers));
         self.proof = proof;
+        self
+    }
+
+    /// Takes over what `old` (the factory of the config before a reload) must not forget: its
+    /// metric handles (the registered ones), its packet sequence and its last round (shared, so
+    /// a build still running on the old factory does not repeat a number), and the
+    /// decentralized client's state. Sources start afresh (health tests, quota waits).
+    pub fn carry_over(mut self, old: &Self) -> Self {
+        self.hm = old.hm.clone();
+        self.pm = old.pm.clone();
+        self.sequence = old.sequence.clone();
+        self.round = old.round.clone();
+        if let (Some(new), Some(old)) = (self.decentralized.as_mut(), old.decentralized.as_ref()) {
+            new.carry_over(old);
+        }
         self
     }
 

@@ -2,14 +2,15 @@
 //! The routes each listener serves are in [`super::api`].
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
 use axum::http::header;
 
-use super::api::{self, HubState, PUSH};
+use super::api::{self, Hub, HubState, PUSH};
 use super::build::PacketFactory;
 use super::limit::DaemonShare;
 use crate::config::HubConfig;
@@ -19,6 +20,7 @@ use crate::sources::decentralized::Decentralized;
 use crate::sources::make_source;
 use crate::tls;
 use crate::wire::refill;
+use tokio::task::JoinHandle;
 
 /// A started hub. Dropping it does not stop it; call [`RunningHub::stop`].
 #[derive(Debug)]
@@ -26,19 +28,96 @@ pub struct RunningHub {
     pub pull_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     pub metrics: Arc<HubMetrics>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    hub: Arc<Hub>,
+    /// What a reload cannot change (the bound listeners, and whether nodes are asked: their
+    /// metrics are registered once).
+    fixed: Fixed,
+    /// The pull listener's server config: a reload sends the new one.
+    tls: tokio::sync::watch::Sender<Arc<rustls::ServerConfig>>,
+    /// One push task per listed daemon with a URL; a reload replaces them.
+    pushers: Mutex<Vec<JoinHandle<()>>>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
-impl RunningHub {
-    pub fn stop(self) {
-        for t in self.tasks {
-            t.abort();
+#[derive(Debug, Clone, PartialEq)]
+struct Fixed {
+    listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
+    decentralized: bool,
+}
+
+impl Fixed {
+    fn of(cfg: &HubConfig) -> Self {
+        Self {
+            listen: cfg.listen,
+            metrics_listen: cfg.metrics_listen,
+            decentralized: cfg.decentralized.is_some(),
         }
     }
 }
 
-/// Starts every part of the hub and returns once its listeners are bound.
-pub async fn start(cfg: HubConfig, key: impl Into<HubSigningKey>) -> anyhow::Result<RunningHub> {
+impl RunningHub {
+    pub fn stop(self) {
+        for t in self.tasks.into_iter().chain(lock(&self.pushers).drain(..)) {
+            t.abort();
+        }
+    }
+
+    /// Re-reads `config_path` (and the signing key it names) and puts it in force: keys,
+    /// certificates, sources, push list and limits. Open connections stay open; a request
+    /// already running finishes under the config it started with. On any error nothing changes.
+    /// Counted in `kirq_hub_config_reloads_total{outcome}`.
+    pub fn reload_from(&self, config_path: &Path) -> anyhow::Result<()> {
+        let result = HubConfig::load(config_path)
+            .map_err(anyhow::Error::from)
+            .and_then(|cfg| {
+                let key = HubSigningKey::load(&cfg.signing_key)?;
+                self.reload(cfg, key)
+            });
+        self.metrics
+            .reload(if result.is_ok() { "applied" } else { "refused" });
+        result
+    }
+
+    /// [`RunningHub::reload_from`] with the config and key already loaded (not counted).
+    pub fn reload(&self, cfg: HubConfig, key: impl Into<HubSigningKey>) -> anyhow::Result<()> {
+        let fixed = Fixed::of(&cfg);
+        if fixed != self.fixed {
+            anyhow::bail!(
+                "listen, metrics_listen and whether [decentralized] is set cannot change at a \
+                 reload (was {:?}, now {:?}); restart the hub for that",
+                self.fixed,
+                fixed
+            );
+        }
+        let (server_cfg, client) = wire_tls(&cfg)?;
+        let old = self.hub.current();
+        let factory = packet_factory(&cfg, key)?.carry_over(&old.factory);
+        log_key(&cfg, &factory);
+        old.share.set_limits(&cfg.limits);
+        let state = hub_state(&cfg, factory, &self.metrics, old.share.clone());
+        self.hub.replace(state);
+        self.tls.send_replace(server_cfg);
+        let mut pushers = lock(&self.pushers);
+        for t in pushers.drain(..) {
+            t.abort();
+        }
+        *pushers = spawn_push_loops(&cfg, &self.hub, &client);
+        tracing::info!(
+            hub = %cfg.id,
+            push_daemons = pushers.len(),
+            "config reloaded"
+        );
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The pull listener's server config and the push client, from `[tls]`.
+fn wire_tls(cfg: &HubConfig) -> anyhow::Result<(Arc<rustls::ServerConfig>, reqwest::Client)> {
     let identity = tls::Identity::load(&cfg.tls.cert, &cfg.tls.key)?;
     let daemon_ca = tls::load_certs(&cfg.tls.daemon_ca)?;
     let server_cfg = tls::server_config(&identity, &daemon_ca, cfg.tls.pq_only)?;
@@ -46,8 +125,26 @@ pub async fn start(cfg: HubConfig, key: impl Into<HubSigningKey>) -> anyhow::Res
         tls::client_config(&identity, &daemon_ca, cfg.tls.pq_only)?,
         Duration::from_secs(10),
     );
-    let factory = packet_factory(&cfg, key)?;
-    let metrics = Arc::new(hub_metrics(&factory));
+    Ok((server_cfg, client))
+}
+
+fn hub_state(
+    cfg: &HubConfig,
+    factory: PacketFactory,
+    metrics: &Arc<HubMetrics>,
+    share: Arc<DaemonShare>,
+) -> HubState {
+    HubState {
+        id: cfg.id.clone(),
+        factory,
+        metrics: metrics.clone(),
+        packet_bytes: cfg.packet_bytes,
+        trust_domain: cfg.tls.spiffe_trust_domain.clone(),
+        share,
+    }
+}
+
+fn log_key(cfg: &HubConfig, factory: &PacketFactory) {
     tracing::info!(
         hub = %cfg.id,
         key_id = %factory.key().key_id(),
@@ -55,40 +152,44 @@ pub async fn start(cfg: HubConfig, key: impl Into<HubSigningKey>) -> anyhow::Res
         sources = cfg.sources.len(),
         "hub signing key loaded"
     );
-    let state = Arc::new(HubState {
-        id: cfg.id.clone(),
-        factory,
-        metrics: metrics.clone(),
-        packet_bytes: cfg.packet_bytes,
-        trust_domain: cfg.tls.spiffe_trust_domain.clone(),
-        share: DaemonShare::new(&cfg.limits),
-    });
+}
+
+/// Starts every part of the hub and returns once its listeners are bound.
+pub async fn start(cfg: HubConfig, key: impl Into<HubSigningKey>) -> anyhow::Result<RunningHub> {
+    let (server_cfg, client) = wire_tls(&cfg)?;
+    let factory = packet_factory(&cfg, key)?;
+    let metrics = Arc::new(hub_metrics(&factory));
+    log_key(&cfg, &factory);
+    let share = Arc::new(DaemonShare::new(&cfg.limits));
+    let hub = Arc::new(Hub::new(hub_state(&cfg, factory, &metrics, share)));
     let mut tasks = Vec::new();
     let listener = bind(cfg.listen, "listen").await?;
     let pull_addr = listener.local_addr()?;
-    tasks.push(tokio::spawn(tls::serve_mtls(
+    let (tls_tx, tls_rx) = tokio::sync::watch::channel(server_cfg);
+    tasks.push(tokio::spawn(tls::serve_mtls_reloadable(
         listener,
-        server_cfg,
-        api::router(state.clone()),
+        tls_rx,
+        api::router(hub.clone()),
         metrics.clone(),
     )));
     let metrics_addr = match cfg.metrics_listen {
         Some(addr) => {
             let l = bind(addr, "metrics_listen").await?;
             let bound = l.local_addr()?;
-            tasks.push(tokio::spawn(serve_local(
-                l,
-                api::local_router(state.clone()),
-            )));
+            tasks.push(tokio::spawn(serve_local(l, api::local_router(hub.clone()))));
             Some(bound)
         }
         None => None,
     };
-    tasks.extend(spawn_push_loops(&cfg, &state, &client));
+    let pushers = spawn_push_loops(&cfg, &hub, &client);
     Ok(RunningHub {
         pull_addr,
         metrics_addr,
         metrics,
+        fixed: Fixed::of(&cfg),
+        hub,
+        tls: tls_tx,
+        pushers: Mutex::new(pushers),
         tasks,
     })
 }
@@ -142,9 +243,9 @@ async fn serve_local(listener: tokio::net::TcpListener, router: Router) {
 /// One push task per daemon with a URL, when pushing is on (`push_interval_ms > 0`).
 fn spawn_push_loops(
     cfg: &HubConfig,
-    state: &Arc<HubState>,
+    hub: &Arc<Hub>,
     client: &reqwest::Client,
-) -> Vec<tokio::task::JoinHandle<()>> {
+) -> Vec<JoinHandle<()>> {
     if cfg.push_interval_ms == 0 {
         return Vec::new();
     }
@@ -153,7 +254,7 @@ fn spawn_push_loops(
         .filter_map(|d| {
             let url = d.url.as_ref()?;
             Some(tokio::spawn(push_loop(
-                state.clone(),
+                hub.clone(),
                 client.clone(),
                 d.id.clone(),
                 url.clone(),
@@ -173,7 +274,7 @@ struct DaemonRefusal {
 
 /// Pushes one packet per interval to one daemon, backing off (up to 30 s) while it fails.
 async fn push_loop(
-    state: Arc<HubState>,
+    hub: Arc<Hub>,
     client: reqwest::Client,
     daemon: String,
     base: String,
@@ -183,6 +284,7 @@ async fn push_loop(
     let mut backoff = interval;
     loop {
         tokio::time::sleep(backoff).await;
+        let state = hub.current();
         if let Err(refusal) =
             state
                 .share

@@ -29,7 +29,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -230,7 +230,7 @@ pub struct NodeReport {
     pub benched_for_ms: Option<u64>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct DecMetrics {
     exclusions: Family<Label2, Counter>,
     rounds: Family<Label1, Counter>,
@@ -239,7 +239,7 @@ struct DecMetrics {
 }
 
 /// Rounds the hub has started: a number is used at most once.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct UsedRounds {
     floor: Option<u64>,
     recent: BTreeSet<u64>,
@@ -380,6 +380,24 @@ impl Decentralized {
             "Valid contributions each node made to completed rounds",
             self.m.contributions.clone(),
         );
+    }
+
+    /// Takes over what `old` (the client of the config before a reload) learned: its metric
+    /// handles (they are the ones registered), the rounds it issued and used, and the offender
+    /// record of every node that is still configured.
+    pub fn carry_over(&mut self, old: &Self) {
+        self.m = old.m.clone();
+        for n in &self.nodes {
+            let _ = self.m.benched.get_or_create(&l1("node", &n.id));
+        }
+        self.last_issued
+            .fetch_max(old.last_issued.load(Ordering::SeqCst), Ordering::SeqCst);
+        *lock(&self.used) = lock(&old.used).clone();
+        for n in &self.nodes {
+            if let Some(o) = old.nodes.iter().find(|o| o.id == n.id) {
+                *lock(&n.offender) = lock(&o.offender).clone();
+            }
+        }
     }
 
     /// A fresh round number: above every one issued before, and at least the wall clock in
