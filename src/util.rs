@@ -1,6 +1,14 @@
-//! Small helpers shared by the hub and the daemon: clocks, timestamps, logging, process limits.
+//! Small helpers shared by the hub and the daemon: locks, clocks, timestamps, logging, process
+//! limits.
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Locks `m`, taking over a poisoned lock: every holder in Kirq leaves the data consistent
+/// between statements, so a panic elsewhere must not stop the rest from serving.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Milliseconds since the Unix epoch (0 if the clock is before 1970).
 pub fn now_ms() -> u64 {

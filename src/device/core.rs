@@ -24,6 +24,7 @@ use zeroize::Zeroizing;
 
 use crate::metrics::ConsumerMetrics;
 use crate::pool::{Pool, Want};
+use crate::util::lock;
 
 /// Largest read served in one request (the kernel splits larger reads).
 pub const MAX_READ: usize = 128 * 1024;
@@ -143,10 +144,6 @@ impl std::fmt::Debug for DeviceCore {
             .field("pollers", &self.pollers())
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct WaitGuard<'a>(&'a AtomicUsize);

@@ -30,6 +30,7 @@ use crate::secret::SecretBytes;
 use crate::sources::decentralized::{Decentralized, NodeContribution, ShownOnly};
 use crate::sources::gate::{Blocked, Gate};
 use crate::sources::{Source, SourceError, SourceSettings};
+use crate::util::lock;
 use crate::util::now_ms;
 use crate::wire::{
     MAX_CONTRIBUTION_BYTES, MIX_RP64, MIX_SHAKE256, PROOF_NONE, PROOF_STARK_RP64, Packet,
@@ -923,8 +924,4 @@ impl TrackedSource {
             retry_in_ms: retry,
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::http::header;
+use tokio::task::JoinHandle;
 
 use super::api::{self, Hub, HubState, PUSH};
 use super::build::PacketFactory;
@@ -19,8 +20,8 @@ use crate::metrics::HubMetrics;
 use crate::sources::decentralized::Decentralized;
 use crate::sources::make_source;
 use crate::tls;
+use crate::util::lock;
 use crate::wire::refill;
-use tokio::task::JoinHandle;
 
 /// A started hub. Dropping it does not stop it; call [`RunningHub::stop`].
 #[derive(Debug)]
@@ -110,10 +111,6 @@ impl RunningHub {
         );
         Ok(())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The pull listener's server config and the push client, from `[tls]`.

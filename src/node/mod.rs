@@ -28,7 +28,7 @@ pub mod rounds;
 mod service;
 mod state;
 
-use std::sync::Mutex;
+use crate::util::lock;
 
 pub use api::{NodeHealth, NodeSourceHealth, document, local_router, router};
 pub use error::NodeError;
@@ -44,8 +44,4 @@ pub enum Fault {
     WithholdReveal,
     /// Reveals bytes other than the ones it committed to.
     WrongReveal,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -44,6 +44,7 @@ use crate::crypto::stark::{self, Commitment, MAX_ROUND};
 use crate::metrics::{Label1, Label2};
 use crate::secret::SecretBytes;
 use crate::tls::{self, Identity, TlsError};
+use crate::util::lock;
 use crate::wire::node::{
     self as proto, CommitRequest, CommitResponse, HubCommitment, MAX_COMMIT_ANSWER, MAX_LIST,
     RevealRequest, RevealResponse, SignedCommitment,
@@ -845,10 +846,6 @@ fn check_hub_commitments(h: &[(String, Commitment)]) -> Result<Vec<HubCommitment
 
 fn l1(k: &'static str, v: &str) -> Label1 {
     [(k, v.to_owned())]
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

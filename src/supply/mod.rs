@@ -9,7 +9,7 @@ pub mod fallback;
 pub mod hubs;
 pub mod intake;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use fallback::Fallback;
@@ -20,11 +20,8 @@ use crate::config::DaemonConfig;
 use crate::health::SourceHealth;
 use crate::metrics::DaemonMetrics;
 use crate::pool::Pool;
+use crate::util::lock;
 use crate::verify::Verifier;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The three parts, shared by the daemon's tasks and faces.
 #[derive(Debug, Clone)]

@@ -21,6 +21,7 @@ use abi::*;
 use request::{Operation, ParseError};
 
 use super::core::{DevError, DeviceCore, MAX_READ};
+use crate::util::lock;
 
 /// Where replies go: /dev/cuse in production, a buffer in tests.
 pub trait ReplySink: Send + Sync + 'static {
@@ -54,10 +55,6 @@ impl std::fmt::Debug for Server {
             .field("name", &self.name)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Server {
