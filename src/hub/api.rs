@@ -548,33 +548,22 @@ mod tests {
             .issue_uri(&tls::spiffe_daemon_id("fleet.test", "kirqd-9"), &[])
             .unwrap()
             .cert_pem;
-        // No daemon is listed in either hub's config.
+        // No daemon is listed in any hub's config.
         let plain = state_in(None);
         let fleet = state_in(Some("fleet.test"));
-        assert_eq!(pull_as(&plain, &dns, "kirqd-7").await, StatusCode::OK);
-        assert_eq!(pull_as(&fleet, &dns, "kirqd-7").await, StatusCode::OK);
-        assert_eq!(pull_as(&fleet, &spiffe, "kirqd-9").await, StatusCode::OK);
-        // Another daemon's id, a SPIFFE ID outside the hub's trust domain, a bad id.
-        assert_eq!(
-            pull_as(&plain, &dns, "kirqd-8").await,
-            StatusCode::FORBIDDEN
-        );
-        assert_eq!(
-            pull_as(&fleet, &spiffe, "kirqd-7").await,
-            StatusCode::FORBIDDEN
-        );
-        assert_eq!(
-            pull_as(&plain, &spiffe, "kirqd-9").await,
-            StatusCode::FORBIDDEN
-        );
         let other_domain = state_in(Some("other.test"));
-        assert_eq!(
-            pull_as(&other_domain, &spiffe, "kirqd-9").await,
-            StatusCode::FORBIDDEN
-        );
-        assert_eq!(
-            pull_as(&plain, &dns, "kirqd 7").await,
-            StatusCode::BAD_REQUEST
-        );
+        for (hub, cert, recipient, want) in [
+            (&plain, &dns, "kirqd-7", StatusCode::OK),
+            (&fleet, &dns, "kirqd-7", StatusCode::OK),
+            (&fleet, &spiffe, "kirqd-9", StatusCode::OK),
+            // Another daemon's id, a SPIFFE ID without or outside the hub's trust domain, a bad id.
+            (&plain, &dns, "kirqd-8", StatusCode::FORBIDDEN),
+            (&fleet, &spiffe, "kirqd-7", StatusCode::FORBIDDEN),
+            (&plain, &spiffe, "kirqd-9", StatusCode::FORBIDDEN),
+            (&other_domain, &spiffe, "kirqd-9", StatusCode::FORBIDDEN),
+            (&plain, &dns, "kirqd 7", StatusCode::BAD_REQUEST),
+        ] {
+            assert_eq!(pull_as(hub, cert, recipient).await, want, "{recipient}");
+        }
     }
 }
