@@ -5,6 +5,9 @@ use super::daemon::{HealthConfig, check_health};
 use super::{ConfigError, check_https, check_id, invalid, read_toml, resolve};
 use crate::wire::MAX_ENTROPY_BYTES;
 
+/// Most `limits.connections_per_peer` (a listener never holds more than 16,384 connections).
+pub const MAX_CONNECTIONS_PER_PEER: usize = 16_384;
+
 /// kirq-hub's configuration file.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +58,10 @@ pub struct HubLimits {
     pub hub_bytes_per_second: u64,
     /// Entropy bytes the hub may hand out at once after being idle (with a budget set).
     pub hub_burst_bytes: u64,
+    /// Connections one peer address (IPv4 address or IPv6 /64) may hold open on the pull
+    /// listener. Raise it when many daemons reach the hub from one address (NAT, a node's SNAT,
+    /// one test machine); never above the listener's total. Fixed at start.
+    pub connections_per_peer: usize,
 }
 
 impl Default for HubLimits {
@@ -64,6 +71,7 @@ impl Default for HubLimits {
             daemon_burst_bytes: 16 << 20,
             hub_bytes_per_second: 0,
             hub_burst_bytes: 64 << 20,
+            connections_per_peer: 32,
         }
     }
 }
@@ -689,6 +697,12 @@ impl HubConfig {
             return Err(invalid(
                 "limits.hub_burst_bytes",
                 "must be at least packet_bytes (one packet) when limits.hub_bytes_per_second is set",
+            ));
+        }
+        if !(1..=MAX_CONNECTIONS_PER_PEER).contains(&self.limits.connections_per_peer) {
+            return Err(invalid(
+                "limits.connections_per_peer",
+                format!("must be 1..={MAX_CONNECTIONS_PER_PEER}"),
             ));
         }
         if let Some(td) = &self.tls.spiffe_trust_domain {

@@ -195,6 +195,14 @@ type = "local"
             format!("{text}\n[limits]\nhub_bytes_per_second = 1000\nhub_burst_bytes = 100\n"),
             "limits.hub_burst_bytes",
         ),
+        (
+            format!("{text}\n[limits]\nconnections_per_peer = 0\n"),
+            "limits.connections_per_peer",
+        ),
+        (
+            format!("{text}\n[limits]\nconnections_per_peer = 16385\n"),
+            "limits.connections_per_peer",
+        ),
     ] {
         match HubConfig::load(&write(dir.path(), &edit)) {
             Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{edit}"),
@@ -202,6 +210,10 @@ type = "local"
         }
     }
     assert_eq!(c.limits.hub_bytes_per_second, 0, "no hub budget by default");
+    assert_eq!(c.limits.connections_per_peer, 32);
+    let t = format!("{text}\n[limits]\nconnections_per_peer = 512\n");
+    let c3 = HubConfig::load(&write(dir.path(), &t)).unwrap();
+    assert_eq!(c3.limits.connections_per_peer, 512);
     let t = format!("{text}\n[proof]\nmode = \"when_idle\"\nmax_output_bytes = 262136\n");
     assert_eq!(
         HubConfig::load(&write(dir.path(), &t)).unwrap().proof.mode,

@@ -196,6 +196,7 @@ mod tests {
             daemon_burst_bytes: burst,
             hub_bytes_per_second: hub_rate,
             hub_burst_bytes: hub_burst,
+            ..HubLimits::default()
         }
     }
 

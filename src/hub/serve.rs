@@ -45,6 +45,7 @@ struct Fixed {
     listen: SocketAddr,
     metrics_listen: Option<SocketAddr>,
     decentralized: bool,
+    connections_per_peer: usize,
 }
 
 impl Fixed {
@@ -53,6 +54,7 @@ impl Fixed {
             listen: cfg.listen,
             metrics_listen: cfg.metrics_listen,
             decentralized: cfg.decentralized.is_some(),
+            connections_per_peer: cfg.limits.connections_per_peer,
         }
     }
 }
@@ -85,8 +87,8 @@ impl RunningHub {
         let fixed = Fixed::of(&cfg);
         if fixed != self.fixed {
             anyhow::bail!(
-                "listen, metrics_listen and whether [decentralized] is set cannot change at a \
-                 reload (was {:?}, now {:?}); restart the hub for that",
+                "listen, metrics_listen, limits.connections_per_peer and whether [decentralized] \
+                 is set cannot change at a reload (was {:?}, now {:?}); restart the hub for that",
                 self.fixed,
                 fixed
             );
@@ -163,11 +165,14 @@ pub async fn start(cfg: HubConfig, key: impl Into<HubSigningKey>) -> anyhow::Res
     let listener = bind(cfg.listen, "listen").await?;
     let pull_addr = listener.local_addr()?;
     let (tls_tx, tls_rx) = tokio::sync::watch::channel(server_cfg);
-    tasks.push(tokio::spawn(tls::serve_mtls_reloadable(
+    let mut limits = tls::ListenerLimits::for_this_process();
+    limits.per_peer = cfg.limits.connections_per_peer.min(limits.max_connections);
+    tasks.push(tokio::spawn(tls::serve_mtls_within(
         listener,
         tls_rx,
         api::router(hub.clone()),
         metrics.clone(),
+        limits,
     )));
     let metrics_addr = match cfg.metrics_listen {
         Some(addr) => {
