@@ -18,6 +18,7 @@
 //! | `_curl`     | curl |
 //! | `_promtool` | promtool (prometheus) |
 //! | `_python`   | Python tools from scripts/pip-packages.txt (`./scripts/test.sh` installs them) |
+//! | `_k8s`      | PyYAML from scripts/pip-packages.txt (`packaging_k8s`: the manifests, no cluster) |
 //! | `_dpkg`     | cargo-deb, dpkg, systemd-analyze, selinux-policy-dev |
 //! | `_nspawn`   | root, systemd-nspawn (systemd as PID 1), cargo-deb, dpkg |
 #![allow(dead_code)]
