@@ -190,7 +190,7 @@ async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value, String> 
         .get(url)
         .send()
         .await
-        .map_err(|e| format!("not reachable ({})", error_chain(&e)))?;
+        .map_err(|e| format!("not reachable ({})", crate::util::error_chain(&e)))?;
     let status = resp.status();
     if resp
         .content_length()
@@ -202,7 +202,7 @@ async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value, String> 
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|e| format!("answer cut off ({})", error_chain(&e)))?
+        .map_err(|e| format!("answer cut off ({})", crate::util::error_chain(&e)))?
     {
         if body.len() + chunk.len() > MAX_ANSWER_BYTES {
             return Err(format!("answer larger than {MAX_ANSWER_BYTES} bytes"));
@@ -219,16 +219,6 @@ async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value, String> 
             .to_owned());
     }
     serde_json::from_slice(&body).map_err(|_| "answer is not JSON".to_owned())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let _ = write!(s, ": {c}");
-        src = c.source();
-    }
-    s
 }
 
 fn client(timeout: Duration) -> reqwest::Client {

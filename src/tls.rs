@@ -152,13 +152,26 @@ pub fn client_config(
     Ok(cfg)
 }
 
+/// How long [`serve_mtls`] waits for the next request's headers, on a new connection and
+/// between requests on a kept-alive one (hyper's header read timeout starts again after every
+/// response): an idle connection is closed after this.
+pub const SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long [`https_client`] keeps an idle connection for reuse: well under
+/// [`SERVER_IDLE_TIMEOUT`], so a request never goes out on a connection the server is closing
+/// at that moment (which fails it: "peer closed connection without sending TLS close_notify",
+/// seen in two of three runs of tests/fleet.rs, 50 daemons, when this was 30 s).
+pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+const _: () = assert!(CLIENT_IDLE_TIMEOUT.as_secs() * 2 <= SERVER_IDLE_TIMEOUT.as_secs());
+
 /// An HTTPS client (reqwest) over [`client_config`].
 pub fn https_client(cfg: ClientConfig, timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
         .tls_backend_preconfigured(cfg)
         .timeout(timeout)
         .connect_timeout(timeout)
-        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_idle_timeout(CLIENT_IDLE_TIMEOUT)
         .build()
         .expect("a preconfigured rustls backend always builds")
 }
@@ -466,7 +479,7 @@ async fn serve_one(l: &Listener, tcp: tokio::net::TcpStream, addr: SocketAddr) {
     let io = hyper_util::rt::TokioIo::new(tls);
     if let Err(e) = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(SERVER_IDLE_TIMEOUT)
         .serve_connection(io, service)
         .await
     {

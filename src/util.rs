@@ -11,6 +11,19 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before 1970).
+/// `e` and each error it was caused by, joined with ": " (reqwest's "error sending request"
+/// alone does not say whether the connect, the handshake or the connection failed).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    use std::fmt::Write;
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let _ = write!(s, ": {c}");
+        src = c.source();
+    }
+    s
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

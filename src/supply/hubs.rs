@@ -129,7 +129,7 @@ impl Hubs {
             .json(&refill::RefillRequest::new(&self.recipient, bytes, source))
             .send()
             .await
-            .map_err(|e| format!("request failed: {e}"))?;
+            .map_err(|e| format!("request failed: {}", crate::util::error_chain(&e)))?;
         let status = resp.status();
         if status == reqwest::StatusCode::BAD_REQUEST && source.is_some() {
             // The hub answered: it just has no source of that kind.
