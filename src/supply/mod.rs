@@ -80,17 +80,37 @@ impl Supply {
                 client.clone(),
                 cfg.pool.refill_bytes,
             )));
-            // A third of the fallback delay, so a silent hub is noticed in time.
-            let every = Duration::from_secs(cfg.fallback.after_secs)
-                .div_f64(3.0)
-                .clamp(Duration::from_millis(500), Duration::from_secs(10));
             tasks.push(tokio::spawn(hubs::probe_task(
                 self.hubs.clone(),
                 client,
-                every,
+                probe_period(cfg.fallback.after_secs),
             )));
         }
         tasks.push(tokio::spawn(fallback::fallback_task(self.fallback.clone())));
         tasks
+    }
+}
+
+/// How often the daemon probes its hubs (for `/api/rng/health`) and, when no packet verified for
+/// that long, asks for one packet to prove a hub still delivers: a third of the fallback delay,
+/// so three tries come before the fallback starts (at least 0.5 s). Not capped: each probe is a
+/// TLS handshake at every hub and each liveness pull a packet of its sources' entropy, so a
+/// fleet that reseeds slowly sets a long fallback delay to cost its hubs less.
+fn probe_period(fallback_after_secs: u64) -> Duration {
+    Duration::from_secs(fallback_after_secs)
+        .div_f64(3.0)
+        .max(Duration::from_millis(500))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_follow_the_fallback_delay() {
+        let s = Duration::from_secs;
+        assert_eq!(probe_period(30), s(10));
+        assert_eq!(probe_period(300), s(100));
+        assert_eq!(probe_period(1), Duration::from_millis(500));
     }
 }
