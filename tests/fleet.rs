@@ -142,22 +142,6 @@ url = "https://localhost:{}"
     std::fs::write(m_dir.join("kirqd.toml"), text).unwrap();
 }
 
-/// An HTTPS client holding `name`'s certificate (in `dir`) that trusts the CA in `ca`.
-fn client(dir: &Path, name: &str, ca: &Path) -> reqwest::blocking::Client {
-    let id = kirq::tls::Identity::load(
-        &dir.join(format!("{name}.crt")),
-        &dir.join(format!("{name}.key")),
-    )
-    .unwrap();
-    let ca = kirq::tls::load_certs(ca).unwrap();
-    let cfg = kirq::tls::client_config(&id, &ca, false).unwrap();
-    reqwest::blocking::Client::builder()
-        .tls_backend_preconfigured(cfg)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
 /// Pulls one packet for `recipient` from the hub on `port`: the status and the frames' bytes.
 fn pull(c: &reqwest::blocking::Client, port: u16, recipient: &str) -> (u16, Vec<Vec<u8>>) {
     let body = serde_json::to_vec(&RefillRequest::new(recipient, 4096, None)).unwrap();
@@ -318,8 +302,8 @@ fn fifty_daemons_two_hubs_one_owner_per_packet_and_failover_without_fallback() {
     // A certificate pulls for the id it names and no other; a malformed id is refused.
     let (a, b) = (&members[0], &members[1]);
     let ca = root.join("hub-ca.pem");
-    let as_a = client(&a.dir, &a.id, &ca);
-    let as_b = client(&b.dir, &b.id, &ca);
+    let as_a = mtls_client(&a.dir, &a.id, &ca);
+    let as_b = mtls_client(&b.dir, &b.id, &ca);
     assert_eq!(
         pull(&as_a, hubs[1].port, &b.id).0,
         403,
@@ -338,7 +322,7 @@ fn fifty_daemons_two_hubs_one_owner_per_packet_and_failover_without_fallback() {
     let (status, frames) = pull(&as_a, hubs[1].port, &a.id);
     assert_eq!(status, 200);
     let captured = &frames[0];
-    let as_hub = client(root, "hub-2", &root.join("daemon-ca.pem"));
+    let as_hub = mtls_client(root, "hub-2", &root.join("daemon-ca.pem"));
     let (s, body) = push(&as_hub, b, captured);
     assert_eq!((s, body["reason"].as_str()), (400, Some("wrong_recipient")));
     let (s, body) = push(&as_hub, a, captured);

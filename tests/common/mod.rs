@@ -159,14 +159,7 @@ type = "local"
 
     /// An HTTPS client holding the hub's certificate, for talking to the receive listener.
     pub fn hub_client(&self) -> reqwest::blocking::Client {
-        let id = self.hub_identity();
-        let ca = kirq::tls::load_certs(&self.path("daemon-ca.pem")).unwrap();
-        let cfg = kirq::tls::client_config(&id, &ca, false).unwrap();
-        reqwest::blocking::Client::builder()
-            .tls_backend_preconfigured(cfg)
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap()
+        mtls_client(self.dir.path(), HUB_ID, &self.path("daemon-ca.pem"))
     }
 
     pub fn receive_url(&self) -> String {
@@ -288,6 +281,23 @@ type = "local"
         );
         assert_eq!(self.pool(), before, "{what}: the pool must not change");
     }
+}
+
+/// An HTTPS client holding `name`'s certificate and key (`NAME.crt`, `NAME.key` in `dir`) that
+/// trusts the CA certificates in `ca`.
+pub fn mtls_client(dir: &Path, name: &str, ca: &Path) -> reqwest::blocking::Client {
+    let id = kirq::tls::Identity::load(
+        &dir.join(format!("{name}.crt")),
+        &dir.join(format!("{name}.key")),
+    )
+    .unwrap();
+    let ca = kirq::tls::load_certs(ca).unwrap();
+    let cfg = kirq::tls::client_config(&id, &ca, false).unwrap();
+    reqwest::blocking::Client::builder()
+        .tls_backend_preconfigured(cfg)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
 }
 
 pub fn packet_for(key: &SigningKey, recipient: &str, n: usize) -> Packet {
