@@ -143,10 +143,13 @@ impl Hubs {
             return Err(format!("hub answered {status}"));
         }
         let body = read_answer(resp).await?;
-        let (_, admitted) = self
-            .intake
-            .receive_frames(body.expose())
-            .map_err(|e| format!("refill answer: {e}"))?;
+        // CPU work and a journal sync: on the blocking pool, off the async workers.
+        let intake = self.intake.clone();
+        let (_, admitted) =
+            tokio::task::spawn_blocking(move || intake.receive_frames(body.expose()))
+                .await
+                .map_err(|_| "refill answer: verification panicked".to_owned())?
+                .map_err(|e| format!("refill answer: {e}"))?;
         Ok(admitted)
     }
 
