@@ -136,11 +136,17 @@ async fn hub_build(key: &SigningKey, size: usize, min: Duration) -> f64 {
         Default::default(),
     );
     let metrics = HubMetrics::new();
-    std::hint::black_box(factory.build("bench", size, &metrics).await.unwrap());
+    let build = || async {
+        factory
+            .build("bench", size, &metrics)
+            .await
+            .expect("the local source builds a packet")
+    };
+    std::hint::black_box(build().await);
     let t0 = Instant::now();
     let mut n = 0;
     while n < 20 || t0.elapsed() < min {
-        std::hint::black_box(factory.build("bench", size, &metrics).await.unwrap());
+        std::hint::black_box(build().await);
         n += 1;
     }
     t0.elapsed().as_secs_f64() / n as f64
@@ -152,9 +158,20 @@ enum Mode {
     Pull,
 }
 
+/// CPU time this process has used (user + system), both ends of the link and the bench.
+fn cpu_time() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let u = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage");
+    let tv = |t: nix::sys::time::TimeVal| {
+        Duration::from_micros(t.tv_sec() as u64 * 1_000_000 + t.tv_usec() as u64)
+    };
+    tv(u.user_time()) + tv(u.system_time())
+}
+
 /// (c): admitted bytes per second over `dur`, after the first admitted packet, for one
-/// hub/daemon pair in `mode`.
-async fn end_to_end(size: usize, mode: Mode, dur: Duration) -> f64 {
+/// hub/daemon pair in `mode`, and the cores this process kept busy meanwhile (CPU seconds per
+/// second: below 2 on 2 cores means waiting, or other work on the machine taking the rest).
+async fn end_to_end(size: usize, mode: Mode, dur: Duration) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let http = std::net::SocketAddr::from(([127, 0, 0, 1], kirq::demo::free_port().unwrap()));
     let (mut hub, mut daemon) = kirq::demo::configs(dir.path(), Some(http)).unwrap();
@@ -195,16 +212,23 @@ async fn end_to_end(size: usize, mode: Mode, dur: Duration) -> f64 {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let (b0, t0) = (admitted(), Instant::now());
+    let (b0, t0, c0) = (admitted(), Instant::now(), cpu_time());
     tokio::time::sleep(dur).await;
-    let (b1, t1) = (admitted(), Instant::now());
+    let (b1, t1, c1) = (admitted(), Instant::now(), cpu_time());
     h.stop();
     d.stop();
-    (b1 - b0) as f64 / (t1 - t0).as_secs_f64()
+    let secs = (t1 - t0).as_secs_f64();
+    ((b1 - b0) as f64 / secs, (c1 - c0).as_secs_f64() / secs)
 }
 
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
+    // DELIVERY_SIZES=65536,262144 measures only those sizes (bytes).
+    let chosen: Option<Vec<usize>> = std::env::var("DELIVERY_SIZES").ok().map(|v| {
+        v.split(',')
+            .map(|s| s.trim().parse().expect("a size in bytes"))
+            .collect()
+    });
     let (sizes, min, dur): (&[usize], _, _) = if quick {
         println!("(smoke run from cargo test: numbers are meaningless; run cargo bench)");
         (&[4 * KIB], Duration::ZERO, Duration::from_millis(300))
@@ -225,12 +249,29 @@ fn main() {
     let key = SigningKey::generate();
     println!("unproven delivery vs the crypto-only baseline (same run, {cores} cores)");
     let mut rows = Vec::new();
-    for &size in sizes {
+    // DELIVERY_ONLY=push (or pull) runs only that end-to-end mode, for a profiler.
+    if let Ok(only) = std::env::var("DELIVERY_ONLY") {
+        let mode = if only == "pull" {
+            Mode::Pull
+        } else {
+            Mode::Push
+        };
+        for &size in chosen.as_deref().unwrap_or(sizes) {
+            let (rate, cores) = rt.block_on(end_to_end(size, mode, dur));
+            println!(
+                "{only} {} KiB: {:.1} MB/s, {cores:.2} cores busy",
+                size / KIB,
+                rate / 1e6
+            );
+        }
+        return;
+    }
+    for &size in chosen.as_deref().unwrap_or(sizes) {
         let (sign, shake) = crypto_baseline(&key, size, min);
         let s = stages(&key, size, min);
         let build = rt.block_on(hub_build(&key, size, min));
-        let push = rt.block_on(end_to_end(size, Mode::Push, dur));
-        let pull = rt.block_on(end_to_end(size, Mode::Pull, dur));
+        let (push, push_cores) = rt.block_on(end_to_end(size, Mode::Push, dur));
+        let (pull, pull_cores) = rt.block_on(end_to_end(size, Mode::Pull, dur));
         let us = |x: f64| x * 1e6;
         println!(
             "  {} KiB per packet: Falcon sign {:.0} us, SHAKE256 {:.0} us | stages: fetch {:.0}, \
@@ -249,26 +290,35 @@ fn main() {
             us(s.fetch + s.health + s.commit + s.mix + s.encode + s.prehash + s.sign),
             us(build)
         );
-        rows.push((size, sign + shake, build, push, pull));
+        rows.push((
+            size,
+            sign + shake,
+            build,
+            (push, push_cores),
+            (pull, pull_cores),
+        ));
     }
     println!();
     println!(
-        "| packet | (a) crypto MB/s | (b) hub build MB/s | (b)/(a) | (c) push MB/s | push/(a) | (c) pull MB/s | pull/(a) |"
+        "| packet | (a) crypto MB/s | (b) hub build MB/s | (b)/(a) | (c) push MB/s | push/(a) \
+         | push cores busy | (c) pull MB/s | pull/(a) | pull cores busy |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
-    for (size, crypto, build, push, pull) in rows {
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (size, crypto, build, (push, push_cores), (pull, pull_cores)) in rows {
         let base = size as f64 / crypto;
         let built = size as f64 / build;
         println!(
-            "| {} KiB | {:.1} | {:.1} | {:.2} | {:.1} | {:.2} | {:.1} | {:.2} |",
+            "| {} KiB | {:.1} | {:.1} | {:.2} | {:.1} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} |",
             size / KIB,
             base / 1e6,
             built / 1e6,
             built / base,
             push / 1e6,
             push / base,
+            push_cores,
             pull / 1e6,
-            pull / base
+            pull / base,
+            pull_cores
         );
         assert!(push > 0.0 && pull > 0.0, "nothing delivered");
     }
