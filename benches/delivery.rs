@@ -79,10 +79,9 @@ struct Stages {
 fn stages(key: &SigningKey, size: usize, min: Duration) -> Stages {
     let mut raw = SecretBytes::zeroed(size);
     let fetch = per_call(min, 20, || getrandom::fill(raw.expose_mut()).unwrap());
+    let fresh = kirq::health::HealthTester::new(30, 8.0);
     let health = per_call(min, 20, || {
-        kirq::health::HealthTester::new(30, 8.0)
-            .feed(raw.expose())
-            .unwrap();
+        fresh.clone().feed(raw.expose()).unwrap();
     });
     let commit = per_call(min, 20, || {
         std::hint::black_box(kirq::crypto::commit_contribution("local", raw.expose()));

@@ -241,6 +241,9 @@ pub struct Verifier {
     /// Journal records known durable ([`journal::Journal::appended`] at the last sync that
     /// returned); held through each `fdatasync`, so syncs run one at a time.
     synced: Mutex<u64>,
+    /// A health tester that has seen nothing, with the policy's cutoffs: each packet's tests
+    /// start from a clone of it.
+    fresh_tester: HealthTester,
     /// Packets issued before this (Unix ms) are refused: the replay floor of a daemon that keeps
     /// no replay journal (0 = none).
     floor_ms: u64,
@@ -256,12 +259,14 @@ impl std::fmt::Debug for Verifier {
 
 impl Verifier {
     pub fn new(policy: Policy, trusted: Vec<impl Into<HubVerifyingKey>>) -> Self {
+        let fresh_tester = HealthTester::new(policy.alpha_exp, 8.0);
         let v = Self {
             policy,
             keys: RwLock::new(Arc::new(HashMap::new())),
             nodes: RwLock::new(Arc::new(HashMap::new())),
             replay: Mutex::new(ReplayCache::default()),
             synced: Mutex::new(0),
+            fresh_tester,
             floor_ms: 0,
         };
         v.set_trusted_keys(trusted);
@@ -450,8 +455,10 @@ impl Verifier {
             });
         }
         self.check_proof(&pkt)?;
-        // Mixed output claims full entropy: test it as 8 bits per byte, fresh for each packet.
-        HealthTester::new(self.policy.alpha_exp, 8.0)
+        // Mixed output claims full entropy: test it as 8 bits per byte, fresh for each packet
+        // (a clone of the fresh tester: its cutoffs are computed once, not per packet).
+        self.fresh_tester
+            .clone()
             .feed(pkt.entropy.expose())
             .map_err(|e| Reject::Health(pkt.key_id, e))?;
         self.remember(&pkt, with_nodes)?;
