@@ -130,16 +130,20 @@ async fn hub_build(key: &SigningKey, size: usize, min: Duration) -> f64 {
             SourceSettings::default(),
         )],
         30,
-        Duration::from_secs(60),
+        // A false alarm (the repetition test's is about once per 4 GiB at alpha = 2^-30, and a
+        // run tests about 1 GB) then costs one packet, not the rest of the run.
+        Duration::ZERO,
         60_000,
         Default::default(),
     );
     let metrics = HubMetrics::new();
     let build = || async {
-        factory
-            .build("bench", size, &metrics)
-            .await
-            .expect("the local source builds a packet")
+        for _ in 0..3 {
+            if let Ok(p) = factory.build("bench", size, &metrics).await {
+                return p;
+            }
+        }
+        panic!("the local source failed its health tests three times running")
     };
     std::hint::black_box(build().await);
     let t0 = Instant::now();
@@ -175,6 +179,8 @@ async fn end_to_end(size: usize, mode: Mode, dur: Duration) -> (f64, f64) {
     let http = std::net::SocketAddr::from(([127, 0, 0, 1], kirq::demo::free_port().unwrap()));
     let (mut hub, mut daemon) = kirq::demo::configs(dir.path(), Some(http)).unwrap();
     hub.packet_bytes = size;
+    // A health false alarm (see hub_build) drops one packet instead of stalling the source.
+    hub.health.quarantine_secs = 0;
     // The share that bounds one daemon is policy, not a cost: lifted so the path is measured.
     hub.limits.daemon_bytes_per_second = 1 << 40;
     hub.limits.daemon_burst_bytes = 1 << 40;
