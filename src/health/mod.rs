@@ -86,7 +86,70 @@ impl HealthTester {
     }
 
     /// Runs both tests over `bytes`, continuing from earlier calls.
+    ///
+    /// Whole adaptive-proportion windows are first screened by a branch-free pass (the longest
+    /// run, and how often the window's first byte occurs); a window that cannot alarm only moves
+    /// the state on, and any other window, and the partial windows at either end, go through
+    /// [`Self::feed_bytewise`], the tests exactly as SP 800-90B words them. So the result, the
+    /// failure and the state after a failure are the byte-by-byte ones.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<(), HealthFailure> {
+        let head = ((APT_WINDOW - self.apt_seen) % APT_WINDOW).min(bytes.len());
+        let (head, rest) = bytes.split_at(head);
+        self.feed_bytewise(head)?;
+        let mut windows = rest.chunks_exact(APT_WINDOW);
+        for w in &mut windows {
+            if !self.window_passes(w) {
+                self.feed_bytewise(w)?;
+            }
+        }
+        self.feed_bytewise(windows.remainder())
+    }
+
+    /// For one whole window starting a new adaptive-proportion window: when neither test can
+    /// reach its cutoff in it, applies the window's effect on the state and returns true;
+    /// otherwise changes nothing and returns false.
+    fn window_passes(&mut self, w: &[u8]) -> bool {
+        debug_assert!(self.apt_seen == 0 && w.len() == APT_WINDOW);
+        let first = w[0];
+        // The first sample is the reference and counts once; later occurrences count too.
+        let count = w.iter().filter(|&&b| b == first).count();
+        if count >= self.apt_cutoff {
+            return false;
+        }
+        // Runs: the run carried in from before continues while bytes equal `rct_last`. A run
+        // of length L inside the window has L - 1 equal neighbours, so with fewer equal
+        // neighbours in all than the cutoff needs, no run can reach it.
+        let carried = if self.rct_last == Some(first) {
+            self.rct_run
+        } else {
+            0
+        };
+        let pairs = w[..APT_WINDOW - 1]
+            .iter()
+            .zip(&w[1..])
+            .filter(|(a, b)| a == b)
+            .count();
+        if carried + 1 + pairs >= self.rct_cutoff {
+            return false;
+        }
+        let last = w[APT_WINDOW - 1];
+        let trailing = w.iter().rev().take_while(|&&b| b == last).count();
+        let run = if trailing == APT_WINDOW {
+            carried + APT_WINDOW
+        } else {
+            trailing
+        };
+        self.rct_last = Some(last);
+        self.rct_run = run;
+        // After a whole window the proportion test is back at the start of one.
+        self.apt_ref = first;
+        self.apt_count = count;
+        self.apt_seen = 0;
+        true
+    }
+
+    /// The tests byte by byte, as SP 800-90B states them.
+    fn feed_bytewise(&mut self, bytes: &[u8]) -> Result<(), HealthFailure> {
         for &b in bytes {
             if self.rct_last == Some(b) {
                 self.rct_run += 1;
@@ -287,6 +350,45 @@ mod tests {
             t.feed(&biased),
             Err(HealthFailure::AdaptiveProportion { .. })
         ));
+    }
+
+    /// The windowed fast path gives what the byte-by-byte tests give: the same verdict, the same
+    /// failure, the same state after, wherever calls split the stream.
+    #[test]
+    fn fast_path_matches_bytewise() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for case in 0..400 {
+            let len = (next() % 5000) as usize;
+            // Low-entropy alphabets make runs and repeats that reach the cutoffs.
+            let alphabet = [256u64, 64, 16, 4, 2][case % 5];
+            let mut bytes: Vec<u8> = (0..len).map(|_| (next() % alphabet) as u8).collect();
+            if case % 7 == 0 && len > 600 {
+                let at = (next() as usize) % (len - 10);
+                bytes[at..at + 6].fill(0xAA);
+            }
+            let h = [8.0, 6.0, 4.0, 2.0, 1.0][case % 5];
+            let mut fast = HealthTester::new(30, h);
+            let mut slow = fast.clone();
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                let take = ((next() % 1500) as usize + 1).min(rest.len());
+                let (part, tail) = rest.split_at(take);
+                rest = tail;
+                let a = fast.feed(part);
+                let b = slow.feed_bytewise(part);
+                assert_eq!(a, b, "case {case}");
+                assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "case {case}");
+                if a.is_err() {
+                    break;
+                }
+            }
+        }
     }
 
     #[test]

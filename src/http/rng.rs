@@ -258,9 +258,26 @@ pub async fn receive(State(d): State<Arc<Handles>>, headers: HeaderMap, body: Bo
         Some(b) => b,
         None => return too_large(),
     };
-    // `bytes` is a SecretBytes: our copy of the packet is zeroed as it drops.
-    let result = d.supply.intake.receive(bytes.expose());
-    drop(bytes);
+    // Verification is CPU work (hashes, health tests, Falcon) and admission waits for the
+    // replay journal's fdatasync: both run on the blocking pool, so packets arriving on other
+    // connections are verified on the other cores meanwhile and share that sync.
+    let intake = d.supply.intake.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        // `bytes` is a SecretBytes: our copy of the packet is zeroed as it drops.
+        let r = intake.receive(bytes.expose());
+        drop(bytes);
+        r
+    })
+    .await;
+    let Ok(result) = result else {
+        return ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: "packet verification failed unexpectedly".into(),
+            reason: None,
+            retry_after: None,
+        }
+        .into_response();
+    };
     match result {
         Ok((nonce, n)) => Json(ReceiveResponse {
             status: Accepted::Accepted,

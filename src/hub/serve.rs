@@ -274,7 +274,21 @@ struct DaemonRefusal {
     reason: String,
 }
 
-/// Pushes one packet per interval to one daemon, backing off (up to 30 s) while it fails.
+/// Packets one push loop has in flight at once (built or being built, sent, awaiting the
+/// daemon's answer). One at a time left both ends idle in turn: the hub waited for the round
+/// trip (the daemon's verification and replay-journal sync) before building the next packet.
+pub const PUSH_IN_FLIGHT: usize = 8;
+
+/// What one push came to.
+enum Pushed {
+    Accepted,
+    /// Refused by the daemon (its `reason`), or unreachable, or no packet could be built:
+    /// back off.
+    Failed,
+}
+
+/// Pushes to one daemon: one packet started per interval, up to [`PUSH_IN_FLIGHT`] at once,
+/// backing off (doubling, up to 30 s) while pushes fail and waiting while its share is used up.
 async fn push_loop(
     hub: Arc<Hub>,
     client: reqwest::Client,
@@ -282,65 +296,96 @@ async fn push_loop(
     base: String,
     interval: Duration,
 ) {
-    let url = format!("{}/api/rng/receive", base.trim_end_matches('/'));
+    let url: Arc<str> = format!("{}/api/rng/receive", base.trim_end_matches('/')).into();
+    let daemon: Arc<str> = daemon.into();
     let mut backoff = interval;
+    // When the next push may start. Advanced one period per push, so timer lateness does not
+    // slow the rate, but never left more than one period behind the clock: no bursts after a
+    // stall.
+    let mut next = tokio::time::Instant::now() + interval;
+    let mut flying = tokio::task::JoinSet::new();
     loop {
-        tokio::time::sleep(backoff).await;
+        // Wait for the next start (and a free slot), taking in the outcomes meanwhile.
+        loop {
+            tokio::select! {
+                biased;
+                Some(done) = flying.join_next(), if !flying.is_empty() => {
+                    match done {
+                        Ok(Pushed::Accepted) => backoff = interval,
+                        Ok(Pushed::Failed) | Err(_) => {
+                            backoff = (backoff * 2).min(Duration::from_secs(30));
+                            next = next.max(tokio::time::Instant::now() + backoff);
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(next), if flying.len() < PUSH_IN_FLIGHT => break,
+            }
+        }
+        let now = tokio::time::Instant::now();
         let state = hub.current();
-        if let Err(refusal) =
-            state
-                .share
-                .grant(&daemon, 1, state.packet_bytes, std::time::Instant::now())
+        if let Err(refusal) = state
+            .share
+            .grant(&daemon, 1, state.packet_bytes, now.into_std())
         {
             // This daemon (or the hub) has had its share; push again when one packet's worth is
             // back.
             state.metrics.delivery(PUSH, api::refusal_outcome(&refusal));
-            backoff = refusal.retry_after().max(interval);
+            next = now + refusal.retry_after().max(interval);
             continue;
         }
-        let packet = match state
-            .factory
-            .build(&daemon, state.packet_bytes, &state.metrics)
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(daemon = %daemon, error = %e, "no packet to push");
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                continue;
+        next = (next + backoff).max(now + backoff - interval);
+        flying.spawn(push_one(state, client.clone(), daemon.clone(), url.clone()));
+    }
+}
+
+/// Builds one packet for `daemon` and pushes it to `url`.
+async fn push_one(
+    state: Arc<HubState>,
+    client: reqwest::Client,
+    daemon: Arc<str>,
+    url: Arc<str>,
+) -> Pushed {
+    let packet = match state
+        .factory
+        .build(&daemon, state.packet_bytes, &state.metrics)
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(daemon = %daemon, error = %e, "no packet to push");
+            return Pushed::Failed;
+        }
+    };
+    let res = client
+        .post(&*url)
+        .header(refill::TRANSPORT_HEADER, refill::TRANSPORT_VERSION)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(crate::secret::body_bytes(packet))
+        .send()
+        .await;
+    match res {
+        Ok(r) if r.status().is_success() => {
+            state.metrics.delivery(PUSH, "accepted");
+            state.metrics.delivered(PUSH, 1);
+            Pushed::Accepted
+        }
+        Ok(r) => {
+            let status = r.status();
+            let reason = r
+                .json::<DaemonRefusal>()
+                .await
+                .map(|d| d.reason)
+                .unwrap_or_default();
+            state.metrics.delivery(PUSH, "rejected");
+            if reason != "pool_full" {
+                tracing::warn!(daemon = %daemon, %status, reason, "daemon refused a packet");
             }
-        };
-        let res = client
-            .post(&url)
-            .header(refill::TRANSPORT_HEADER, refill::TRANSPORT_VERSION)
-            .header(header::CONTENT_TYPE, "application/octet-stream")
-            .body(crate::secret::body_bytes(packet))
-            .send()
-            .await;
-        match res {
-            Ok(r) if r.status().is_success() => {
-                state.metrics.delivery(PUSH, "accepted");
-                state.metrics.delivered(PUSH, 1);
-                backoff = interval;
-            }
-            Ok(r) => {
-                let status = r.status();
-                let reason = r
-                    .json::<DaemonRefusal>()
-                    .await
-                    .map(|d| d.reason)
-                    .unwrap_or_default();
-                state.metrics.delivery(PUSH, "rejected");
-                if reason != "pool_full" {
-                    tracing::warn!(daemon = %daemon, %status, reason, "daemon refused a packet");
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-            Err(e) => {
-                state.metrics.delivery(PUSH, "unreachable");
-                tracing::warn!(daemon = %daemon, error = %e, "push failed");
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
+            Pushed::Failed
+        }
+        Err(e) => {
+            state.metrics.delivery(PUSH, "unreachable");
+            tracing::warn!(daemon = %daemon, error = %e, "push failed");
+            Pushed::Failed
         }
     }
 }

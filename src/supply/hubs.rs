@@ -143,10 +143,13 @@ impl Hubs {
             return Err(format!("hub answered {status}"));
         }
         let body = read_answer(resp).await?;
-        let (_, admitted) = self
-            .intake
-            .receive_frames(body.expose())
-            .map_err(|e| format!("refill answer: {e}"))?;
+        // CPU work and a journal sync: on the blocking pool, off the async workers.
+        let intake = self.intake.clone();
+        let (_, admitted) =
+            tokio::task::spawn_blocking(move || intake.receive_frames(body.expose()))
+                .await
+                .map_err(|_| "refill answer: verification panicked".to_owned())?
+                .map_err(|e| format!("refill answer: {e}"))?;
         Ok(admitted)
     }
 
@@ -233,16 +236,8 @@ pub async fn refill_task(hubs: Arc<Hubs>, client: reqwest::Client, chunk: usize)
             let want = chunk.min(hubs.pool.free());
             hubs.pull_from_any(&client, want, Some(class)).await;
         }
-        let mut plan = hubs.pool.refill_plan(chunk);
-        let mut delivered = plan == 0;
-        while plan > 0 {
-            let got = hubs.pull_from_any(&client, plan.min(chunk), None).await;
-            if got == 0 {
-                break;
-            }
-            delivered = true;
-            plan = plan.saturating_sub(got);
-        }
+        let plan = hubs.pool.refill_plan(chunk);
+        let delivered = plan == 0 || pull_plan(&hubs, &client, plan, chunk).await;
         backoff = if delivered {
             Duration::ZERO
         } else {
@@ -250,6 +245,33 @@ pub async fn refill_task(hubs: Arc<Hubs>, client: reqwest::Client, chunk: usize)
         };
     }
 }
+
+/// Pulls a refill's worth in `chunk`-sized answers, [`REFILL_IN_FLIGHT`] at once: while the
+/// daemon verifies one answer (on the blocking pool) the hub builds the next, instead of each end
+/// waiting for the other. Never asks for more than `plan` in all; stops asking once a pull
+/// delivers nothing. Returns whether any pull delivered.
+async fn pull_plan(hubs: &Hubs, client: &reqwest::Client, mut plan: usize, chunk: usize) -> bool {
+    use futures::StreamExt;
+    let mut flying = futures::stream::FuturesUnordered::new();
+    let (mut asked, mut delivered, mut dry) = (0usize, false, false);
+    loop {
+        while !dry && flying.len() < REFILL_IN_FLIGHT && plan > asked {
+            let want = (plan - asked).min(chunk);
+            asked += want;
+            flying.push(async move { (want, hubs.pull_from_any(client, want, None).await) });
+        }
+        let Some((want, got)) = flying.next().await else {
+            return delivered;
+        };
+        asked -= want;
+        dry |= got == 0;
+        delivered |= got > 0;
+        plan = plan.saturating_sub(got);
+    }
+}
+
+/// Refill pulls one daemon has outstanding at once (see [`pull_plan`]).
+pub const REFILL_IN_FLIGHT: usize = 2;
 
 /// Asks every hub for nothing (`bytes: 0`) `every` so /health shows each hub's reachability.
 /// When no verified packet arrived for that long (an idle daemon whose pool is full, or a hub

@@ -14,6 +14,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const MAGIC: &[u8; 8] = b"KIRQRPL1";
 /// One record: a nonce and its packet's expiry (Unix ms).
@@ -44,11 +45,14 @@ pub enum JournalError {
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
-    file: File,
+    /// Shared with [`Journal::sync_handle`]: a sync may run without the lock that appends take.
+    file: Arc<File>,
     /// Records in the file now.
     records: usize,
     /// Records appended since the last sync.
     unsynced: usize,
+    /// Records appended since the journal was opened (never decreases): a sync ticket.
+    appended: u64,
     /// A compaction replaced the file but could not reopen it: appends would go to the old,
     /// unlinked file, so every append fails until a restart.
     stale: bool,
@@ -139,9 +143,10 @@ impl Journal {
         Ok((
             Self {
                 path: path.to_owned(),
-                file,
+                file: Arc::new(file),
                 records,
                 unsynced: 0,
+                appended: 0,
                 stale: false,
             },
             live,
@@ -160,10 +165,27 @@ impl Journal {
         let mut r = [0u8; RECORD];
         r[..16].copy_from_slice(nonce);
         r[16..].copy_from_slice(&expires_at_ms.to_be_bytes());
-        self.file.write_all(&r)?;
+        (&*self.file).write_all(&r)?;
         self.records += 1;
         self.unsynced += 1;
+        self.appended += 1;
         Ok(())
+    }
+
+    /// Records appended since the journal was opened: once a sync that started at or after this
+    /// count returns, every one of them is durable.
+    pub fn appended(&self) -> u64 {
+        self.appended
+    }
+
+    /// What a sync without the journal's lock needs: the records appended so far and the file
+    /// they were appended to. `file.sync_data()` then makes all of them durable: those appended
+    /// to this file by the sync itself, those appended to an earlier file by the compaction that
+    /// replaced it (a compaction writes every live record to the new file and syncs it). So the
+    /// lock appends take need not be held through the `fdatasync`, and packets verified while one
+    /// sync runs share the next one (group commit).
+    pub fn sync_handle(&self) -> (u64, Arc<File>) {
+        (self.appended, self.file.clone())
     }
 
     /// Makes every appended record durable (a no-op when nothing is pending).
@@ -185,7 +207,7 @@ impl Journal {
         let records = rewrite(&self.path, live)?;
         match std::fs::OpenOptions::new().append(true).open(&self.path) {
             Ok(f) => {
-                self.file = f;
+                self.file = Arc::new(f);
                 self.records = records;
                 self.unsynced = 0;
                 Ok(())

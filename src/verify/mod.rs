@@ -238,6 +238,12 @@ pub struct Verifier {
     /// Trusted decentralized nodes by id.
     nodes: RwLock<Arc<HashMap<String, VerifyingKey>>>,
     replay: Mutex<ReplayCache>,
+    /// Journal records known durable ([`journal::Journal::appended`] at the last sync that
+    /// returned); held through each `fdatasync`, so syncs run one at a time.
+    synced: Mutex<u64>,
+    /// A health tester that has seen nothing, with the policy's cutoffs: each packet's tests
+    /// start from a clone of it.
+    fresh_tester: HealthTester,
     /// Packets issued before this (Unix ms) are refused: the replay floor of a daemon that keeps
     /// no replay journal (0 = none).
     floor_ms: u64,
@@ -253,11 +259,14 @@ impl std::fmt::Debug for Verifier {
 
 impl Verifier {
     pub fn new(policy: Policy, trusted: Vec<impl Into<HubVerifyingKey>>) -> Self {
+        let fresh_tester = HealthTester::new(policy.alpha_exp, 8.0);
         let v = Self {
             policy,
             keys: RwLock::new(Arc::new(HashMap::new())),
             nodes: RwLock::new(Arc::new(HashMap::new())),
             replay: Mutex::new(ReplayCache::default()),
+            synced: Mutex::new(0),
+            fresh_tester,
             floor_ms: 0,
         };
         v.set_trusted_keys(trusted);
@@ -283,6 +292,8 @@ impl Verifier {
             cache.order.make_contiguous().sort_by_key(|&(_, exp)| exp);
             cache.journal = Some(j);
         }
+        // A new journal counts its records from 0.
+        *self.synced.lock().unwrap_or_else(|e| e.into_inner()) = 0;
         Ok(self)
     }
 
@@ -394,9 +405,30 @@ impl Verifier {
     /// Makes the nonces of `batch` durable in the replay journal (one `fdatasync`); only then
     /// may their entropy be admitted. On an I/O error the whole batch is refused (its nonces stay
     /// remembered, so a resend is refused too).
+    ///
+    /// Group commit: the `fdatasync` runs without the replay lock, so other packets go on being
+    /// checked and appended meanwhile, and one sync makes durable every record appended before it
+    /// started. A caller whose records a sync already covered returns without one. This blocks
+    /// for the length of a disk sync: call it off the async workers.
     pub fn sync(&self, batch: Vec<Unsynced>) -> Result<Vec<VerifiedPacket>, Reject> {
-        if let Some(j) = self.replay().journal.as_mut() {
-            j.sync().map_err(Reject::ReplayState)?;
+        // Every record of `batch` was appended before this: the ticket covers them.
+        let ticket = self
+            .replay()
+            .journal
+            .as_ref()
+            .map(journal::Journal::appended);
+        if let Some(ticket) = ticket {
+            let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+            if *synced < ticket {
+                let (upto, file) = self
+                    .replay()
+                    .journal
+                    .as_ref()
+                    .map(journal::Journal::sync_handle)
+                    .expect("a journal, once set, stays");
+                file.sync_data().map_err(Reject::ReplayState)?;
+                *synced = upto;
+            }
         }
         Ok(batch.into_iter().map(|u| u.0).collect())
     }
@@ -423,8 +455,10 @@ impl Verifier {
             });
         }
         self.check_proof(&pkt)?;
-        // Mixed output claims full entropy: test it as 8 bits per byte, fresh for each packet.
-        HealthTester::new(self.policy.alpha_exp, 8.0)
+        // Mixed output claims full entropy: test it as 8 bits per byte, fresh for each packet
+        // (a clone of the fresh tester: its cutoffs are computed once, not per packet).
+        self.fresh_tester
+            .clone()
             .feed(pkt.entropy.expose())
             .map_err(|e| Reject::Health(pkt.key_id, e))?;
         self.remember(&pkt, with_nodes)?;
