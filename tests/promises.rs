@@ -150,10 +150,11 @@ fn no_byte_is_served_twice_across_kill_9_restarts() {
 
     // Run 2 (same command line, spool gone): the hub resends everything; nothing is admitted.
     let mut d = run_with_spool(&f, &cfg, &spool_path);
-    assert!(
-        d.log_text().contains("no spool to admit"),
-        "{}",
-        d.log_text()
+    // The spool is looked at once the listeners are up (the shim may answer first).
+    wait_for(
+        Duration::from_secs(10),
+        "the log to say there is no spool",
+        || d.log_text().contains("no spool to admit"),
     );
     resend_all(&f, &sent, "after the first kill -9");
     let fresh = encoded(3);
