@@ -49,6 +49,11 @@ if ! cargo deny --version >/dev/null 2>&1; then
   echo "== installing cargo-deny"
   cargo install cargo-deny --locked
 fi
+# cargo-deny reads `cargo metadata` for every target platform, so it needs crates a Linux build
+# never downloads (wasm-bindgen, anstyle-wincon, ...): fetch them from crates.io first, pinned by
+# Cargo.lock, or a fresh machine fails here with "--offline was specified".
+echo "== cargo fetch --locked (all platforms, for cargo deny)"
+cargo fetch --locked --quiet
 echo "== cargo deny check licenses bans sources"
 cargo deny --offline check --hide-inclusion-graph licenses bans sources
 # Advisories need the RustSec database, a git repository on GitHub, which these machines and CI
