@@ -627,11 +627,21 @@ fn proven_delivery(roles: [Role; N]) -> (String, Value) {
 #[test]
 fn proven_packets_from_five_nodes_reach_kirqd() {
     let (hub_metrics, health) = proven_delivery([Honest, Honest, Honest, Withhold, RogueKey]);
-    // node-4 withheld once and was benched; node-5's signatures never verify.
+    // node-4 withheld and was benched; node-5's signatures never verify. Rounds already running
+    // when node-4 first withheld (the hub keeps up to PUSH_IN_FLIGHT pushes in flight) each
+    // meet its withholding too; every round left it out, for its offence or benched.
     let withheld = "kirq_hub_node_exclusions_total{node=\"node-4\",reason=\"withheld\"} ";
-    assert_eq!(metric_value(&hub_metrics, withheld), 1, "{hub_metrics}");
+    let withheld = metric_value(&hub_metrics, withheld);
+    assert!(
+        (1..=kirq::hub::PUSH_IN_FLIGHT as u64).contains(&withheld),
+        "{hub_metrics}"
+    );
     let benched = "kirq_hub_node_exclusions_total{node=\"node-4\",reason=\"benched\"} ";
-    assert!(metric_value(&hub_metrics, benched) >= 4, "{hub_metrics}");
+    assert!(metric_value(&hub_metrics, benched) >= 1, "{hub_metrics}");
+    assert!(
+        withheld + metric_value(&hub_metrics, benched) >= 5,
+        "{hub_metrics}"
+    );
     let rogue = "kirq_hub_node_exclusions_total{node=\"node-5\",reason=\"bad_signature\"} ";
     assert!(metric_value(&hub_metrics, rogue) >= 1, "{hub_metrics}");
     for honest in 1..=3 {
@@ -648,8 +658,12 @@ fn proven_packets_from_five_nodes_reach_kirqd() {
 #[test]
 fn a_node_revealing_other_bytes_is_excluded_and_delivery_goes_on() {
     let (hub_metrics, health) = proven_delivery([Honest, Honest, Honest, WrongReveal, Honest]);
+    // Once per round already running when it first lied (up to PUSH_IN_FLIGHT), then benched.
     let mismatch = "kirq_hub_node_exclusions_total{node=\"node-4\",reason=\"mismatch\"} ";
-    assert_eq!(metric_value(&hub_metrics, mismatch), 1, "{hub_metrics}");
+    assert!(
+        (1..=kirq::hub::PUSH_IN_FLIGHT as u64).contains(&metric_value(&hub_metrics, mismatch)),
+        "{hub_metrics}"
+    );
     for honest in [1, 2, 3, 5] {
         let line = format!("kirq_hub_node_contributions_total{{node=\"node-{honest}\"}} ");
         assert!(metric_value(&hub_metrics, &line) >= 5, "{hub_metrics}");

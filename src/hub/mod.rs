@@ -14,7 +14,7 @@ mod serve;
 
 pub use api::{DecentralizedHealth, ErrorBody, HealthResponse, HubError, HybridHealth, document};
 pub use build::{BuildError, Mode, PacketFactory, SourceReport, TrackedSource};
-pub use serve::{RunningHub, start};
+pub use serve::{PUSH_IN_FLIGHT, RunningHub, start};
 
 use std::path::Path;
 
