@@ -293,7 +293,7 @@ impl Verifier {
             cache.journal = Some(j);
         }
         // A new journal counts its records from 0.
-        *self.synced.lock().unwrap_or_else(|e| e.into_inner()) = 0;
+        *crate::util::lock(&self.synced) = 0;
         Ok(self)
     }
 
@@ -418,7 +418,7 @@ impl Verifier {
             .as_ref()
             .map(journal::Journal::appended);
         if let Some(ticket) = ticket {
-            let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+            let mut synced = crate::util::lock(&self.synced);
             if *synced < ticket {
                 let (upto, file) = self
                     .replay()
